@@ -1,0 +1,108 @@
+"""The ASGI application: services made in the lifespan, routes, and one error boundary."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route, WebSocketRoute
+
+from tokenrelay import errors
+from tokenrelay.config import Settings, load_settings
+from tokenrelay.metrics import render_metrics
+from tokenrelay.providers import ProviderContext, build_provider
+from tokenrelay.relay import Relay
+from tokenrelay.wires import native, openai, seed, websocket
+from tokenrelay.wires.http import JSONResponse, error_response
+
+logger = logging.getLogger("tokenrelay")
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or load_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+        async with aiohttp.ClientSession(connector=connector, raise_for_status=False) as http:
+            context = ProviderContext(settings=settings, http=http)
+            providers = {
+                name: build_provider(name, config, context)
+                for name, config in settings.models.items()
+            }
+            app.state.relay = Relay(settings, providers)
+            try:
+                yield
+            finally:
+                await app.state.relay.shutdown()
+                for provider in providers.values():
+                    await provider.aclose()
+
+    routes = [
+        Route("/v1/chat/completions", openai.chat_completions, methods=["POST"]),
+        Route("/v1/models", openai.list_models, methods=["GET"]),
+        Route("/v1/streams", native.start_stream, methods=["POST"]),
+        Route("/v1/streams/{stream_id}", native.attach_stream, methods=["GET"]),
+        Route("/v1/streams/{stream_id}", native.cancel_stream, methods=["DELETE"]),
+        Route("/chat/stream", seed.chat_stream, methods=["POST"]),
+        Route("/api/v1/chat/stream", seed.chat_stream, methods=["POST"]),
+        WebSocketRoute("/ws/chat", websocket.chat_socket),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            errors.TokenRelayError: _relay_error,
+            HTTPException: _http_error,
+            Exception: _unexpected_error,
+        },
+    )
+
+
+async def _relay_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, errors.TokenRelayError)
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error_response(errors.NotFound(f"no route for {request.url.path}"))
+    if exc.status_code == 405:
+        error = errors.InvalidRequest(f"{request.method} is not allowed on {request.url.path}")
+        response = JSONResponse(error.to_payload(), status_code=405)
+        response.headers.update(exc.headers or {})
+        return response
+    return JSONResponse(
+        {"error": {"message": exc.detail, "type": "invalid_request_error", "code": None}},
+        status_code=exc.status_code,
+    )
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    logger.exception("unexpected error on %s %s", request.method, request.url.path)
+    body = {"error": {"message": "internal error", "type": "api_error", "code": "internal_error"}}
+    return JSONResponse(body, status_code=500)
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    relay: Relay = request.app.state.relay
+    return JSONResponse({"status": "ready", "models": list(relay.providers)})
+
+
+async def metrics(request: Request) -> Response:
+    relay: Relay = request.app.state.relay
+    return PlainTextResponse(render_metrics(relay), media_type="text/plain; version=0.0.4")

@@ -1,0 +1,187 @@
+"""One exception tree for every failure a client can see.
+
+::
+
+    TokenRelayError                       code                    HTTP
+    ├── InvalidRequest                    invalid_request         400
+    │   └── ContextLengthExceeded         context_length_exceeded 400
+    ├── Unauthorized                      unauthorized            401
+    ├── Forbidden                         forbidden               403
+    ├── NotFound                          not_found               404
+    ├── PayloadTooLarge                   payload_too_large       413
+    ├── RateLimited                       rate_limited            429
+    ├── ConcurrencyLimited                concurrency_limited     429
+    ├── BudgetExceeded                    budget_exceeded         429
+    ├── LimiterUnavailable                limiter_unavailable     503
+    ├── UpstreamUnavailable               upstream_unavailable    502
+    ├── UpstreamRateLimited               upstream_rate_limited   429
+    ├── UpstreamTimeout                   upstream_timeout        504
+    │   ├── FirstTokenTimeout             first_token_timeout     504
+    │   └── IdleTimeout                   idle_timeout            504
+    ├── ContentFilter                     content_filter          400
+    ├── UpstreamError                     upstream_error          502
+    ├── Cancelled                         cancelled               499
+    └── ServerShutdown                    server_shutdown         503
+
+Each wire turns an error into its own dialect through :func:`to_payload`, :attr:`status` and
+:attr:`ws_close_code`; nothing else decides how an error looks.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class TokenRelayError(Exception):
+    code: ClassVar[str] = "upstream_error"
+    status: ClassVar[int] = 502
+    type: ClassVar[str] = "api_error"
+    # RFC 6455 §7.4.1: 1008 policy violation, 1009 too big, 1011 internal error, 1013 try later.
+    ws_close_code: ClassVar[int] = 1011
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+    def to_payload(self) -> dict[str, Any]:
+        """The OpenAI-shaped error body: ``{"error": {"message", "type", "code"}}``."""
+        return {"error": {"message": self.message, "type": self.type, "code": self.code}}
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, round(self.retry_after)))}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r})"
+
+
+class InvalidRequest(TokenRelayError):
+    code = "invalid_request"
+    status = 400
+    type = "invalid_request_error"
+    ws_close_code = 1008
+
+
+class ContextLengthExceeded(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+class Unauthorized(TokenRelayError):
+    code = "unauthorized"
+    status = 401
+    type = "authentication_error"
+    ws_close_code = 1008
+
+
+class Forbidden(TokenRelayError):
+    code = "forbidden"
+    status = 403
+    type = "permission_error"
+    ws_close_code = 1008
+
+
+class NotFound(TokenRelayError):
+    code = "not_found"
+    status = 404
+    type = "not_found_error"
+    ws_close_code = 1008
+
+
+class PayloadTooLarge(TokenRelayError):
+    code = "payload_too_large"
+    status = 413
+    type = "invalid_request_error"
+    ws_close_code = 1009
+
+
+class RateLimited(TokenRelayError):
+    code = "rate_limited"
+    status = 429
+    type = "rate_limit_error"
+    ws_close_code = 1013
+
+
+class ConcurrencyLimited(RateLimited):
+    code = "concurrency_limited"
+
+
+class BudgetExceeded(RateLimited):
+    code = "budget_exceeded"
+
+
+class LimiterUnavailable(TokenRelayError):
+    code = "limiter_unavailable"
+    status = 503
+    type = "api_error"
+    ws_close_code = 1013
+
+
+class UpstreamUnavailable(TokenRelayError):
+    code = "upstream_unavailable"
+    status = 502
+    ws_close_code = 1013
+
+
+class UpstreamRateLimited(TokenRelayError):
+    code = "upstream_rate_limited"
+    status = 429
+    type = "rate_limit_error"
+    ws_close_code = 1013
+
+
+class UpstreamTimeout(TokenRelayError):
+    code = "upstream_timeout"
+    status = 504
+    type = "timeout_error"
+
+
+class FirstTokenTimeout(UpstreamTimeout):
+    code = "first_token_timeout"
+
+
+class IdleTimeout(UpstreamTimeout):
+    code = "idle_timeout"
+
+
+class ContentFilter(TokenRelayError):
+    code = "content_filter"
+    status = 400
+    type = "invalid_request_error"
+
+
+class UpstreamError(TokenRelayError):
+    code = "upstream_error"
+    status = 502
+
+
+class Cancelled(TokenRelayError):
+    code = "cancelled"
+    # nginx's "client closed request": there is rarely anyone left to read it.
+    status = 499
+    type = "cancelled"
+    ws_close_code = 1000
+
+
+class ServerShutdown(TokenRelayError):
+    code = "server_shutdown"
+    status = 503
+    ws_close_code = 1001
+
+
+def _all_subclasses(cls: type[TokenRelayError]) -> list[type[TokenRelayError]]:
+    found = [cls]
+    for sub in cls.__subclasses__():
+        found.extend(_all_subclasses(sub))
+    return found
+
+
+BY_CODE: dict[str, type[TokenRelayError]] = {
+    cls.code: cls for cls in _all_subclasses(TokenRelayError)[1:]
+}
+
+
+def from_code(code: str, message: str, *, retry_after: float | None = None) -> TokenRelayError:
+    """Build the error class named by ``code``; unknown codes become ``upstream_error``."""
+    return BY_CODE.get(code, UpstreamError)(message, retry_after=retry_after)

@@ -1,0 +1,112 @@
+"""The per-stream event log: the only buffer between a generation and its readers.
+
+Event ``n`` (1, 2, 3…) is ``events[n - 1]``; readers keep an offset and read everything past
+it at once, so a reader that fell behind gets all pending deltas in one batch instead of a
+queue per reader. Memory is bounded by the output, not by the number of readers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from tokenrelay.events import TERMINAL, Event, Failed, Queued, TextDelta
+
+
+class StreamLog:
+    __slots__ = ("_waiters", "accepted", "closed", "events")
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.accepted = False
+        self.closed = False
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def append(self, event: Event) -> None:
+        if self.closed:
+            return
+        self.events.append(event)
+        if isinstance(event, TERMINAL):
+            self.closed = True
+        self._wake()
+
+    def mark_accepted(self) -> None:
+        if not self.accepted:
+            self.accepted = True
+            self._wake()
+
+    @property
+    def committed(self) -> bool:
+        """Whether a wire may start its response: the upstream took the request or it ended."""
+        return self.accepted or self.closed or len(self.events) > 1
+
+    @property
+    def error_before_start(self) -> Failed | None:
+        """The failure to answer as an HTTP status: one that came before the upstream took it."""
+        if self.closed and not self.accepted:
+            last = self.events[-1]
+            if isinstance(last, Failed) and not any(isinstance(e, TextDelta) for e in self.events):
+                return last
+        return None
+
+    def text(self) -> str:
+        return "".join(e.text for e in self.events if isinstance(e, TextDelta))
+
+    async def wait(self, offset: int, timeout: float | None = None) -> bool:
+        """Wait until there is an event past ``offset``, the log changes, or it is closed.
+
+        Returns False on timeout (the caller's cue to send a keep-alive). A True return may
+        bring no new event (the log was only marked accepted): callers re-check.
+        """
+        if len(self.events) > offset or self.closed:
+            return True
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter
+        except TimeoutError:
+            return False
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+                self._waiters.remove(waiter)
+        return True
+
+    async def wait_committed(self, timeout: float | None = None) -> bool:
+        while not self.committed:
+            if not await self.wait(len(self.events), timeout):
+                return False
+        return True
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+def coalesce(events: list[Event], first_id: int) -> list[tuple[int, Event]]:
+    """Merge each run of deltas into one, keeping the id of the run's last event.
+
+    A reader that fell behind gets one frame per run instead of one per token; a run of
+    ``Queued`` updates keeps only the newest position.
+    """
+    merged: list[tuple[int, Event]] = []
+    run: list[str] = []
+    for event_id, event in enumerate(events, start=first_id):
+        if isinstance(event, TextDelta):
+            run.append(event.text)
+            continue
+        if run:
+            merged.append((event_id - 1, TextDelta("".join(run))))
+            run = []
+        if isinstance(event, Queued) and merged and isinstance(merged[-1][1], Queued):
+            merged[-1] = (event_id, event)
+        else:
+            merged.append((event_id, event))
+    if run:
+        merged.append((first_id + len(events) - 1, TextDelta("".join(run))))
+    return merged

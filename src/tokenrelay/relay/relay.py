@@ -1,0 +1,187 @@
+"""Start generations, run them under their time limits, and find them again by id."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from tokenrelay import errors
+from tokenrelay.chat import ChatRequest
+from tokenrelay.config import Settings, Timeouts
+from tokenrelay.events import Accepted, Failed, Finish, ProviderEvent, Queued, TextDelta
+from tokenrelay.providers.base import Provider
+from tokenrelay.relay.stream import Stream
+
+logger = logging.getLogger("tokenrelay.relay")
+
+FinishHook = Callable[[Stream], Awaitable[None]]
+
+
+def _worth_falling_back(exc: errors.TokenRelayError) -> bool:
+    return isinstance(
+        exc,
+        errors.UpstreamUnavailable
+        | errors.UpstreamRateLimited
+        | errors.UpstreamError
+        | errors.UpstreamTimeout,
+    )
+
+
+def new_stream_id() -> str:
+    return "str_" + secrets.token_urlsafe(16)
+
+
+class Relay:
+    def __init__(self, settings: Settings, providers: dict[str, Provider]) -> None:
+        self.settings = settings
+        self.providers = providers
+        self.streams: dict[str, Stream] = {}
+        self.finish_hooks: list[FinishHook] = []
+        self.started_total = 0
+        self._closing = False
+
+    def provider_for(self, model: str | None) -> tuple[str, Provider]:
+        name = model or self.settings.default_model
+        if name is None or name not in self.providers:
+            raise errors.NotFound(f"model {name!r} does not exist; GET /v1/models lists them")
+        return name, self.providers[name]
+
+    def start(
+        self, request: ChatRequest, *, owner: str | None = None, linger: float = 0.0
+    ) -> Stream:
+        if self._closing:
+            raise errors.ServerShutdown("the server is shutting down")
+        name, _ = self.provider_for(request.model)
+        request.model = name
+        stream = Stream(new_stream_id(), name, owner=owner, linger=linger)
+        self.streams[stream.id] = stream
+        self.started_total += 1
+        stream.task = asyncio.create_task(self._run(stream, request), name=stream.id)
+        return stream
+
+    def get(self, stream_id: str, owner: str | None = None) -> Stream:
+        stream = self.streams.get(stream_id)
+        # Someone else's stream is exactly as missing as one that never existed.
+        if stream is None or stream.owner != owner:
+            raise errors.NotFound(f"stream {stream_id!r} does not exist")
+        return stream
+
+    async def shutdown(self, grace: float = 5.0) -> None:
+        """Stop every live stream with ``server_shutdown`` and wait for their ends."""
+        self._closing = True
+        tasks = []
+        for stream in list(self.streams.values()):
+            stream.cancel(errors.ServerShutdown("the server is shutting down"))
+            if stream.task is not None:
+                tasks.append(stream.task)
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
+
+    def _candidates(self, model: str) -> list[Provider]:
+        primary = self.providers[model]
+        fallbacks = [self.providers[name] for name in primary.config.fallbacks]
+        return [primary, *fallbacks]
+
+    async def _run(self, stream: Stream, request: ChatRequest) -> None:
+        log = stream.log
+        candidates = self._candidates(stream.model)
+        try:
+            for attempt, provider in enumerate(candidates, start=1):
+                try:
+                    await self._relay(stream, provider, request)
+                    break
+                except errors.TokenRelayError as exc:
+                    logger.warning(
+                        "stream %s attempt %d/%d on %s failed: %s",
+                        stream.id,
+                        attempt,
+                        len(candidates),
+                        provider.model_name,
+                        exc.code,
+                    )
+                    # Never switch models once the client has seen text from this one.
+                    sent_text = any(isinstance(e, TextDelta) for e in log.events)
+                    if attempt == len(candidates) or sent_text or not _worth_falling_back(exc):
+                        raise
+        except errors.TokenRelayError as exc:
+            log.append(Failed(exc))
+        except asyncio.CancelledError:
+            log.append(Failed(stream.cancel_reason or errors.Cancelled("the stream was cancelled")))
+        except Exception:
+            logger.exception("stream %s failed unexpectedly", stream.id)
+            log.append(Failed(errors.UpstreamError("the gateway failed to relay this stream")))
+        finally:
+            if not log.closed:
+                log.append(Failed(errors.UpstreamError("the provider ended without finishing")))
+            await self._finished(stream)
+
+    async def _relay(self, stream: Stream, provider: Provider, request: ChatRequest) -> None:
+        """Append one provider's events to the log under the four time limits."""
+        log = stream.log
+        limits: Timeouts = self.settings.timeouts
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        total_deadline = started + limits.total
+        token_deadline = started + limits.first_token
+        got_text = False
+        queued = False
+        events: AsyncIterator[ProviderEvent] = provider.stream(request)
+        try:
+            while True:
+                deadline = min(total_deadline, token_deadline)
+                try:
+                    async with asyncio.timeout_at(deadline) as scope:
+                        event = await anext(events)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    if not scope.expired():
+                        raise
+                    raise self._timeout(deadline == total_deadline, got_text, limits) from None
+                match event:
+                    case TextDelta():
+                        if not event.text:
+                            continue
+                        got_text = True
+                        token_deadline = loop.time() + limits.idle
+                        log.append(event)
+                    case Accepted():
+                        log.mark_accepted()
+                        if queued:
+                            # The first-token clock starts when the request leaves the queue.
+                            token_deadline = loop.time() + limits.first_token
+                            queued = False
+                    case Queued():
+                        queued = True
+                        token_deadline = float("inf")
+                        log.append(event)
+                    case Finish():
+                        log.mark_accepted()
+                        log.append(event)
+                        return
+                    case _:
+                        log.append(event)
+            raise errors.UpstreamError("the provider ended without a finish")
+        finally:
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    @staticmethod
+    def _timeout(total: bool, got_text: bool, limits: Timeouts) -> errors.TokenRelayError:
+        if total:
+            return errors.UpstreamTimeout(f"the stream exceeded its total limit of {limits.total}s")
+        if got_text:
+            return errors.IdleTimeout(f"no token for {limits.idle}s")
+        return errors.FirstTokenTimeout(f"no first token within {limits.first_token}s")
+
+    async def _finished(self, stream: Stream) -> None:
+        for hook in self.finish_hooks:
+            try:
+                await hook(stream)
+            except Exception:
+                logger.exception("finish hook failed for stream %s", stream.id)
+        retention = self.settings.streams.retention
+        asyncio.get_running_loop().call_later(retention, self.streams.pop, stream.id, None)

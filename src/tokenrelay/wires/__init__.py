@@ -1,0 +1,1 @@
+"""Wires: each encodes the same stream events for one kind of client."""

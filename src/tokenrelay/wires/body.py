@@ -1,0 +1,98 @@
+"""The chat fields every wire accepts, checked against the configured limits."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tokenrelay import errors
+from tokenrelay.chat import ChatRequest, Message
+from tokenrelay.config import Limits
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text"]
+    text: str
+
+
+class WireMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _only_text(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            for part in value:
+                if isinstance(part, dict) and part.get("type") != "text":
+                    raise ValueError(f"content part type {part.get('type')!r} is not supported")
+        return value
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class ChatFields(BaseModel):
+    """Fields shared by the OpenAI, native and seed-style wires."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    messages: list[WireMessage]
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    script: dict[str, Any] | None = None
+
+    def to_request(self, limits: Limits, *, max_tokens: int | None = None) -> ChatRequest:
+        messages = [
+            Message(role="system" if m.role == "developer" else m.role, content=m.text())
+            for m in self.messages
+        ]
+        check_messages(messages, limits)
+        tokens = max_tokens if max_tokens is not None else self.max_tokens
+        check_max_tokens(tokens, limits)
+        stop = [self.stop] if isinstance(self.stop, str) else self.stop
+        return ChatRequest(
+            model=self.model or "",
+            messages=messages,
+            max_tokens=tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            stop=stop,
+            seed=self.seed,
+            script=self.script,
+        )
+
+
+def check_messages(messages: list[Message], limits: Limits) -> None:
+    if not messages:
+        raise errors.InvalidRequest("messages must hold at least one message")
+    if len(messages) > limits.max_messages:
+        raise errors.InvalidRequest(
+            f"too many messages: {len(messages)} (the limit is {limits.max_messages})"
+        )
+    for index, message in enumerate(messages):
+        if len(message.content) > limits.max_message_chars:
+            raise errors.PayloadTooLarge(
+                f"messages.{index}.content is {len(message.content)} characters "
+                f"(the limit is {limits.max_message_chars})"
+            )
+
+
+def check_max_tokens(max_tokens: int | None, limits: Limits) -> None:
+    if max_tokens is not None and max_tokens > limits.max_tokens:
+        raise errors.InvalidRequest(
+            f"max_tokens is {max_tokens} (the limit is {limits.max_tokens})"
+        )

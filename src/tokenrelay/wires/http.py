@@ -1,0 +1,62 @@
+"""Request bodies in, errors out: the HTTP edges every wire shares.
+
+Errors become responses here and only here, and only before a response has started.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import orjson
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from tokenrelay import errors
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def error_response(exc: errors.TokenRelayError) -> Response:
+    return JSONResponse(exc.to_payload(), status_code=exc.status, headers=exc.headers())
+
+
+async def read_json(request: Request, max_bytes: int) -> Any:
+    """The request body as JSON, refusing bodies over ``max_bytes`` before reading them all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise errors.PayloadTooLarge(f"the request body is larger than {max_bytes} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise errors.PayloadTooLarge(f"the request body is larger than {max_bytes} bytes")
+    if not body:
+        raise errors.InvalidRequest("the request body is empty; send a JSON object")
+    return parse_json(bytes(body))
+
+
+def parse_json(data: bytes | str) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise errors.InvalidRequest(f"the body is not valid JSON: {exc}") from None
+
+
+def validate(model: type[Model], data: Any) -> Model:
+    """Validate ``data``; the first problem becomes a 400 naming the field."""
+    if not isinstance(data, dict):
+        raise errors.InvalidRequest("the body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        raise errors.InvalidRequest(f"{where}: {first['msg']}") from None

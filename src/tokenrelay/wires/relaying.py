@@ -1,0 +1,182 @@
+"""ASGI responses that follow a stream's log: disconnects, pings, send timeouts, errors.
+
+A response subscribes to a :class:`~tokenrelay.relay.Stream`: it counts as a viewer while it
+runs, so when the last viewer of a stateless stream leaves, the generation is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from types import TracebackType
+from typing import Any, Protocol
+
+from starlette.types import Message, Receive, Scope, Send
+
+from tokenrelay import errors
+from tokenrelay.config import StreamSettings
+from tokenrelay.events import Event, Failed
+from tokenrelay.relay.stream import Stream
+from tokenrelay.wires.http import error_response
+
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    # Proxies and browsers must pass each event on as it comes.
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+PING = b": ping\n\n"
+
+
+class Encoder(Protocol):
+    def encode(self, events: list[Event], first_id: int) -> bytes:
+        """Bytes for one write carrying ``events`` (event ``first_id`` first)."""
+
+
+class WatchDisconnect:
+    """Cancel the current task when the client disconnects; swallow that cancellation.
+
+    The request body must already have been read, so the next ASGI message is the disconnect.
+    """
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self.disconnected = False
+        self._task: asyncio.Task[Any] | None = None
+        self._listener: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> WatchDisconnect:
+        self._task = asyncio.current_task()
+        self._listener = asyncio.create_task(self._listen())
+        return self
+
+    async def _listen(self) -> None:
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self.disconnected = True
+                if self._task is not None:
+                    self._task.cancel()
+                return
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if self._listener is not None:
+            self._listener.cancel()
+        if self.disconnected and exc_type is asyncio.CancelledError and self._task is not None:
+            self._task.uncancel()
+            return True
+        return False
+
+
+async def send_error_before_start(send: Send, exc: errors.TokenRelayError, scope: Scope) -> None:
+    response = error_response(exc)
+    await response(scope, _no_receive, send)
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+class EventStreamResponse:
+    """Server-Sent Events following a stream's log from ``offset``."""
+
+    def __init__(
+        self,
+        stream: Stream,
+        encoder: Encoder,
+        settings: StreamSettings,
+        *,
+        offset: int = 0,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.stream = stream
+        self.encoder = encoder
+        self.settings = settings
+        self.offset = offset
+        self.headers = [*SSE_HEADERS] + [
+            (k.lower().encode(), v.encode()) for k, v in (headers or {}).items()
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        stream = self.stream
+        stream.attach()
+        try:
+            async with WatchDisconnect(receive):
+                await stream.log.wait_committed()
+                failed = stream.log.error_before_start
+                if failed is not None and self.offset <= 1:
+                    await send_error_before_start(send, failed.error, scope)
+                    return
+                await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+                await self._follow(send)
+        finally:
+            stream.detach()
+
+    async def _follow(self, send: Send) -> None:
+        log = self.stream.log
+        timeout = self.settings.send_timeout
+        ping_interval = self.settings.ping_interval
+        offset = self.offset
+        while True:
+            if len(log.events) > offset:
+                batch = log.events[offset:]
+                data = self.encoder.encode(batch, offset + 1)
+                offset += len(batch)
+                if data and not await _send_within(send, data, timeout):
+                    return
+                continue
+            if log.closed:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+            if not await log.wait(offset, ping_interval) and not await _send_within(
+                send, PING, timeout
+            ):
+                return
+
+
+async def _send_within(send: Send, data: bytes, timeout: float) -> bool:
+    """Send ``data``; False when the client has stopped reading for ``timeout`` seconds."""
+    try:
+        async with asyncio.timeout(timeout):
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+    except TimeoutError:
+        return False
+    return True
+
+
+class CollectedResponse:
+    """Wait for the whole generation, then answer once (``stream: false`` clients)."""
+
+    def __init__(
+        self, stream: Stream, render: Callable[[Stream], Awaitable[tuple[int, bytes]]]
+    ) -> None:
+        self.stream = stream
+        self.render = render
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        stream = self.stream
+        stream.attach()
+        try:
+            async with WatchDisconnect(receive):
+                while not stream.log.closed:
+                    await stream.log.wait(len(stream.log.events))
+                last = stream.log.events[-1]
+                if isinstance(last, Failed):
+                    await send_error_before_start(send, last.error, scope)
+                    return
+                status, body = await self.render(stream)
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": status,
+                        "headers": [(b"content-type", b"application/json")],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+        finally:
+            stream.detach()

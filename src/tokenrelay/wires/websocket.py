@@ -1,0 +1,191 @@
+"""The WebSocket wire: ``WS /ws/chat``, a conversation on one socket.
+
+In (JSON text frames)::
+
+    {"content": "...", "model"?, "max_tokens"?, "temperature"?, "script"?}   a new turn
+    {"type": "cancel"}                                                    stop the reply
+    {"type": "resume", "stream_id": "...", "last_event_id": n}            re-attach after a drop
+    {"type": "ping"}
+
+Out: ``stream``, ``queued``, ``token`` (``content``), ``usage``, ``done`` and ``error``
+(``code``, ``message``) messages, each with the ``id`` of its event in the stream, so a client
+that reconnects can ``resume`` from the last id it saw. Earlier turns on the socket are sent as
+context, oldest dropped first once they pass ``limits.ws_history_max_chars``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from tokenrelay import errors
+from tokenrelay.chat import ChatRequest, Message
+from tokenrelay.events import Event, Failed, Finish, Opened, Queued, TextDelta, Usage
+from tokenrelay.relay import Relay, Stream
+from tokenrelay.relay.log import coalesce
+from tokenrelay.wires.body import check_max_tokens, check_messages
+from tokenrelay.wires.http import parse_json, validate
+
+
+class Turn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["message"] = "message"
+    content: str
+    model: str | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    script: dict[str, Any] | None = None
+
+
+class Resume(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["resume"]
+    stream_id: str
+    last_event_id: int = Field(default=0, ge=0)
+
+
+def to_message(event_id: int, event: Event) -> dict[str, Any]:
+    match event:
+        case TextDelta(text=text):
+            return {"type": "token", "content": text, "id": event_id}
+        case Opened(stream_id=stream_id, model=model):
+            return {"type": "stream", "stream_id": stream_id, "model": model, "id": event_id}
+        case Queued(position=position):
+            return {"type": "queued", "position": position, "id": event_id}
+        case Usage(prompt_tokens=prompt, completion_tokens=completion):
+            return {
+                "type": "usage",
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "id": event_id,
+            }
+        case Finish(reason=reason):
+            return {"type": "done", "finish_reason": reason, "id": event_id}
+        case Failed(error=error):
+            return error_message(error) | {"id": event_id}
+    raise AssertionError(f"unknown event {event!r}")
+
+
+def error_message(error: errors.TokenRelayError) -> dict[str, Any]:
+    return {"type": "error", "code": error.code, "message": error.message}
+
+
+class ChatSocket:
+    def __init__(self, websocket: WebSocket, relay: Relay) -> None:
+        self.websocket = websocket
+        self.relay = relay
+        self.settings = relay.settings
+        self.owner: str | None = websocket.scope.get("user")
+        self.history: list[Message] = []
+        self.follower: asyncio.Task[None] | None = None
+        self.current: Stream | None = None
+
+    async def run(self) -> None:
+        await self.websocket.accept()
+        try:
+            while True:
+                message = await self.websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                raw = message.get("text") or message.get("bytes") or b""
+                if len(raw) > self.settings.limits.ws_max_frame_bytes:
+                    await self.websocket.close(1009, "message too big")
+                    return
+                try:
+                    await self.handle(parse_json(raw))
+                except errors.TokenRelayError as exc:
+                    await self.send(error_message(exc))
+        except WebSocketDisconnect:
+            return
+        finally:
+            if self.follower is not None:
+                self.follower.cancel()
+
+    async def handle(self, data: Any) -> None:
+        kind = data.get("type", "message") if isinstance(data, dict) else None
+        if kind == "message":
+            await self.start(validate(Turn, data))
+        elif kind == "cancel":
+            if self.current is not None:
+                self.current.cancel(errors.Cancelled("the reply was cancelled by the client"))
+        elif kind == "resume":
+            resume = validate(Resume, data)
+            stream = self.relay.get(resume.stream_id, self.owner)
+            self._follow(stream, resume.last_event_id, turn=None)
+        elif kind == "ping":
+            await self.send({"type": "pong"})
+        else:
+            raise errors.InvalidRequest(
+                "expected a JSON object with content, or type cancel, resume or ping"
+            )
+
+    async def start(self, turn: Turn) -> None:
+        if self.follower is not None and not self.follower.done():
+            raise errors.InvalidRequest("a reply is still streaming; cancel it first")
+        limits = self.settings.limits
+        user = Message(role="user", content=turn.content)
+        messages = [*self.history, user]
+        check_messages(messages, limits)
+        check_max_tokens(turn.max_tokens, limits)
+        request = ChatRequest(
+            model=turn.model or "",
+            messages=messages,
+            max_tokens=turn.max_tokens,
+            temperature=turn.temperature,
+            script=turn.script,
+        )
+        stream = self.relay.start(
+            request, owner=self.owner, linger=self.settings.streams.resume_grace
+        )
+        self._follow(stream, 0, turn=user)
+
+    def _follow(self, stream: Stream, offset: int, turn: Message | None) -> None:
+        if self.follower is not None and not self.follower.done():
+            raise errors.InvalidRequest("a reply is still streaming; cancel it first")
+        self.current = stream
+        self.follower = asyncio.create_task(self._relay(stream, offset, turn))
+
+    async def _relay(self, stream: Stream, offset: int, turn: Message | None) -> None:
+        log = stream.log
+        stream.attach()
+        try:
+            while True:
+                if len(log.events) > offset:
+                    batch = log.events[offset:]
+                    for event_id, event in coalesce(batch, offset + 1):
+                        await self.send(to_message(event_id, event))
+                    offset += len(batch)
+                    continue
+                if log.closed:
+                    break
+                await log.wait(offset)
+        except (TimeoutError, WebSocketDisconnect, RuntimeError):
+            # The client stopped reading or went away; the stream lingers for a resume.
+            with contextlib.suppress(Exception):
+                await self.websocket.close(1011, "send timeout")
+            return
+        finally:
+            stream.detach()
+        if turn is not None:
+            self._remember(turn, Message(role="assistant", content=log.text()))
+
+    def _remember(self, user: Message, reply: Message) -> None:
+        self.history += [user, reply]
+        budget = self.settings.limits.ws_history_max_chars
+        while self.history and sum(len(m.content) for m in self.history) > budget:
+            del self.history[:2]
+
+    async def send(self, message: dict[str, Any]) -> None:
+        async with asyncio.timeout(self.settings.streams.send_timeout):
+            await self.websocket.send_text(orjson.dumps(message).decode())
+
+
+async def chat_socket(websocket: WebSocket) -> None:
+    await ChatSocket(websocket, websocket.app.state.relay).run()
