@@ -183,5 +183,6 @@ class Relay:
                 await hook(stream)
             except Exception:
                 logger.exception("finish hook failed for stream %s", stream.id)
-        retention = self.settings.streams.retention
+        # Only resumable streams are kept after their end, for late re-attaches.
+        retention = self.settings.streams.retention if stream.linger > 0 else 0
         asyncio.get_running_loop().call_later(retention, self.streams.pop, stream.id, None)
