@@ -22,9 +22,10 @@ from starlette.applications import Starlette
 from tokenrelay.app import create_app
 from tokenrelay.config import Settings, load_settings
 from tokenrelay.relay import Relay
+from tokenrelay.server import GatewayServer, uvicorn_config
 
 
-class _QuietServer(uvicorn.Server):
+class _QuietServer(GatewayServer):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         # The test runner owns the signals.
@@ -64,16 +65,7 @@ async def serve(config: Settings | None = None, **overrides: Any) -> AsyncIterat
     config = config or settings(**overrides)
     app = create_app(config)
     sock = free_socket()
-    server = _QuietServer(
-        uvicorn.Config(
-            app,
-            http="httptools",
-            ws="websockets-sansio",
-            ws_max_size=config.limits.ws_max_frame_bytes,
-            log_level="warning",
-            lifespan="on",
-        )
-    )
+    server = _QuietServer(uvicorn_config(app, config, log_level="warning"))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         while not server.started:

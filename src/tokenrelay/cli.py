@@ -37,23 +37,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def serve_forever(settings: Settings) -> int:
-    import uvicorn
-
     from tokenrelay.app import create_app
+    from tokenrelay.server import GatewayServer, uvicorn_config
 
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        ws="websockets-sansio",
-        ws_max_size=settings.limits.ws_max_frame_bytes,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=10,
-        proxy_headers=False,
-    )
-    server = uvicorn.Server(config)
+    server = GatewayServer(uvicorn_config(create_app(settings), settings, loop="uvloop"))
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     print(f"tokenrelay is listening on http://{host}:{settings.port}/", flush=True)
     server.run()

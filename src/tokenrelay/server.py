@@ -1,0 +1,49 @@
+"""uvicorn, configured for streaming and shut down in the right order."""
+
+from __future__ import annotations
+
+import socket
+
+import uvicorn
+from starlette.applications import Starlette
+
+from tokenrelay.config import Settings
+
+
+class GatewayServer(uvicorn.Server):
+    """Ends live streams with ``server_shutdown`` *before* waiting for connections to close.
+
+    uvicorn drains open connections before the app's lifespan ends, and a stream never
+    drains by itself: without this, clients would see a cut connection instead of an error
+    event.
+    """
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        app = self.config.loaded_app
+        relay = getattr(getattr(_unwrap(app), "state", None), "relay", None)
+        if relay is not None:
+            await relay.shutdown()
+        await super().shutdown(sockets)
+
+
+def _unwrap(app: object) -> object:
+    # uvicorn wraps the app in its own middleware; the Starlette app is at the bottom.
+    while not isinstance(app, Starlette) and hasattr(app, "app"):
+        app = app.app
+    return app
+
+
+def uvicorn_config(app: Starlette, settings: Settings, **overrides: object) -> uvicorn.Config:
+    options: dict[str, object] = {
+        "host": settings.host,
+        "port": settings.port,
+        "http": "httptools",
+        "ws": "websockets-sansio",
+        "ws_max_size": settings.limits.ws_max_frame_bytes,
+        "log_level": settings.log_level,
+        "timeout_graceful_shutdown": 10,
+        "proxy_headers": False,
+        "lifespan": "on",
+    }
+    options.update(overrides)
+    return uvicorn.Config(app, **options)  # type: ignore[arg-type]
