@@ -1,0 +1,155 @@
+"""What every HTTP provider does the same way: connect, read, and map failures once.
+
+Foreign exceptions (aiohttp's, timeouts) become :class:`~tokenrelay.errors.TokenRelayError`
+here, at the boundary; upstream text passes through :func:`redact` so the gateway's key never
+reaches a log or a client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
+
+import aiohttp
+import orjson
+
+from tokenrelay import errors
+
+
+def redact(text: str, secret: str | None) -> str:
+    """Upstreams echo keys in messages ("Incorrect API key provided: sk-…"); never pass one on."""
+    if secret and secret in text:
+        text = text.replace(secret, "[redacted]")
+    return text
+
+
+def error_for_status(
+    status: int, message: str, *, retry_after: float | None = None
+) -> errors.TokenRelayError:
+    """The error an upstream HTTP status stands for, when its body says nothing more precise."""
+    if status in (400, 422):
+        return errors.InvalidRequest(message)
+    if status in (401, 403):
+        # Not Unauthorized: a 401 to the client would blame the client's own key.
+        return errors.UpstreamError(f"the upstream rejected the gateway's credentials: {message}")
+    if status == 404:
+        return errors.NotFound(message)
+    if status == 408:
+        return errors.UpstreamTimeout(message)
+    if status == 413:
+        return errors.PayloadTooLarge(message)
+    if status == 429:
+        return errors.UpstreamRateLimited(message, retry_after=retry_after)
+    if status >= 500:
+        # Includes Anthropic's 529 "overloaded": there, but unable to take work now.
+        return errors.UpstreamUnavailable(message, retry_after=retry_after)
+    return errors.UpstreamError(message)
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait, from ``retry-after-ms`` (OpenAI) or ``Retry-After`` (RFC 9110 §10.2.3:
+    delay-seconds or an HTTP-date)."""
+    millis = _seconds(headers.get("retry-after-ms"))
+    if millis is not None:
+        return millis / 1000
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    seconds = _seconds(value)
+    if seconds is not None:
+        return seconds
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _seconds(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+async def open_stream(
+    http: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    connect_timeout: float,
+    secret: str | None,
+) -> aiohttp.ClientResponse:
+    """POST ``body``; the response once its head has arrived, whatever its status.
+
+    Only connecting has a limit here: the relay owns the first-token, idle and total limits,
+    and the session's default total timeout would cut a long stream.
+    """
+    timeout = aiohttp.ClientTimeout(
+        total=None, sock_connect=connect_timeout, connect=connect_timeout
+    )
+    try:
+        return await http.post(url, data=body, headers=headers, timeout=timeout)
+    except TimeoutError:
+        raise errors.UpstreamUnavailable(
+            f"connecting to the upstream timed out after {connect_timeout}s"
+        ) from None
+    except aiohttp.ClientConnectionError as exc:
+        raise errors.UpstreamUnavailable(
+            f"cannot reach the upstream: {redact(str(exc), secret)}"
+        ) from None
+    except aiohttp.ClientError as exc:
+        raise errors.UpstreamError(f"upstream request failed: {redact(str(exc), secret)}") from None
+
+
+async def read_chunk(response: aiohttp.ClientResponse) -> bytes:
+    """The next bytes of the body as they arrive; ``b""`` at its end."""
+    try:
+        return await response.content.readany()
+    except (aiohttp.ClientError, ConnectionError):
+        raise errors.UpstreamError("upstream connection lost mid-stream") from None
+
+
+async def read_json(response: aiohttp.ClientResponse, limit: int = 64 * 1024) -> object:
+    """An error body: JSON if it parses, else its text (at most ``limit`` bytes read)."""
+    body = bytearray()
+    try:
+        while len(body) < limit:
+            chunk = await response.content.read(limit - len(body))
+            if not chunk:
+                break
+            body += chunk
+    except (aiohttp.ClientError, ConnectionError):
+        pass
+    try:
+        parsed: object = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body.decode("utf-8", "replace").strip()
+    return parsed
+
+
+async def drain(response: aiohttp.ClientResponse, timeout: float = 0.5, limit: int = 65536) -> None:
+    """Read the little that follows the last event (the chunked terminator) so that
+    :func:`close` can give the connection back to the pool instead of dropping it."""
+    received = 0
+    with contextlib.suppress(TimeoutError, aiohttp.ClientError, ConnectionError):
+        async with asyncio.timeout(timeout):
+            while received <= limit and (chunk := await response.content.readany()):
+                received += len(chunk)
+
+
+def close(response: aiohttp.ClientResponse) -> None:
+    """Give the connection back if the body was read to its end, else drop the socket so the
+    upstream sees the client go and stops generating."""
+    if response.content.at_eof():
+        response.release()
+    else:
+        response.close()

@@ -1,0 +1,301 @@
+"""Any OpenAI-compatible chat-completions upstream: OpenAI, OpenRouter, Groq, vLLM, Ollama, ….
+
+One streamed ``POST {base_url}/chat/completions`` per generation on the app's pooled
+``aiohttp.ClientSession``. Foreign failures become :mod:`tokenrelay.errors` here and nowhere
+else; a stream counts as finished only when ``data: [DONE]`` arrives, so a body that merely
+stops is reported as truncated, never as a short answer.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from tokenrelay import errors
+from tokenrelay.chat import ChatRequest
+from tokenrelay.events import Accepted, Finish, ProviderEvent, TextDelta, Usage
+from tokenrelay.providers._http import (
+    close,
+    drain,
+    error_for_status,
+    read_json,
+    redact,
+    retry_after,
+)
+from tokenrelay.providers.base import Provider
+from tokenrelay.providers.sse import SSEDecoder
+
+MAX_MESSAGE = 500
+_DONE = "[DONE]"
+_CONTEXT_CODES = {"context_length_exceeded", "exceed_context_size_error", "string_above_max_length"}
+_CONTEXT_PHRASES = ("maximum context length", "context length", "context window", "context size")
+_RATE_CODES = {"rate_limit_exceeded", "rate_limit_error", "rate_limited", "429", "requests"}
+
+
+class OpenAIProvider(Provider):
+    name = "openai"
+
+    @property
+    def url(self) -> str:
+        base = self.config.base_url or "https://api.openai.com/v1"
+        return f"{base}/chat/completions"
+
+    def _payload(self, request: ChatRequest) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "model": self.upstream_model,
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        for key in ("max_tokens", "temperature", "top_p", "stop", "seed"):
+            value = getattr(request, key)
+            if value is not None:
+                payload[key] = value
+        return payload
+
+    @staticmethod
+    def _headers(key: str | None) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[ProviderEvent]:
+        connect = self.context.settings.timeouts.connect
+        # The relay owns the first-token, idle and total limits; only connecting is ours.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect, connect=connect)
+        secret = self.config.api_key()
+        response: aiohttp.ClientResponse | None = None
+        try:
+            try:
+                response = await self.context.http.post(
+                    self.url,
+                    data=orjson.dumps(self._payload(request)),
+                    headers=self._headers(secret),
+                    timeout=timeout,
+                )
+            except aiohttp.ClientError as exc:
+                raise _connect_error(exc) from exc
+            except TimeoutError as exc:
+                raise errors.UpstreamUnavailable(
+                    f"connecting to the upstream timed out after {connect}s"
+                ) from exc
+
+            if response.status != 200:
+                raise await _status_error(response, self.upstream_model, secret)
+            if response.content_type == "application/json":
+                # Some gateways answer a stream request with a JSON error and a 200.
+                payload = await read_json(response)
+                if isinstance(payload, dict) and payload.get("error"):
+                    raise _payload_error(payload, secret)
+                raise errors.UpstreamError("the upstream answered with JSON, not an event stream")
+            yield Accepted()
+
+            reader = _EventReader(secret)
+            content = response.content
+            while not reader.done:
+                try:
+                    chunk = await content.readany()
+                except (aiohttp.ClientError, ConnectionError) as exc:
+                    raise errors.UpstreamError("upstream connection lost mid-stream") from exc
+                if not chunk:
+                    raise errors.UpstreamError(reader.truncation())
+                for text in reader.feed(chunk):
+                    yield TextDelta(text)
+                if reader.failure is not None:
+                    raise reader.failure
+
+            if not content.at_eof():
+                # The body's end usually trails [DONE]: read it so the socket is reusable.
+                await drain(response)
+            tail = reader.flush()
+            if tail:
+                yield TextDelta(tail)
+            if reader.usage is not None:
+                yield reader.usage
+            yield Finish(reader.finish_reason)
+        finally:
+            if response is not None:
+                # Back to the pool if the body was read to its end; otherwise the socket is
+                # closed, so the upstream sees us go (cancel, disconnect) and stops generating.
+                close(response)
+
+
+class _EventReader:
+    """Turns upstream bytes into text deltas, remembering usage and the finish reason."""
+
+    __slots__ = ("_decoder", "_held", "_secret", "done", "failure", "finish_reason", "usage")
+
+    def __init__(self, secret: str | None) -> None:
+        self._decoder = SSEDecoder()
+        self._secret = secret
+        self._held = ""  # a high surrogate waiting for its pair from the next delta
+        self.done = False
+        self.failure: errors.TokenRelayError | None = None
+        self.finish_reason = "stop"
+        self.usage: Usage | None = None
+
+    def feed(self, chunk: bytes) -> list[str]:
+        texts: list[str] = []
+        for event in self._decoder.feed(chunk):
+            data = event.data
+            if data == _DONE:
+                self.done = True
+                break
+            try:
+                text = self._handle(data, event.event)
+            except errors.TokenRelayError as exc:
+                # Raised after the text that preceded it in the same chunk has been yielded.
+                self.failure = exc
+                break
+            if text:
+                texts.append(text)
+        return texts
+
+    def _handle(self, data: str, event_type: str) -> str:
+        payload = _loads(data)
+        if not isinstance(payload, dict):
+            raise errors.UpstreamError("upstream sent an event that is not a JSON object")
+        if payload.get("error") or event_type == "error":
+            raise _payload_error(payload, self._secret)
+        usage = payload.get("usage") or _get(payload.get("x_groq"), "usage")
+        if isinstance(usage, dict):
+            # Kept, not yielded: some servers repeat usage on every chunk; the last one wins.
+            self.usage = Usage(_count(usage, "prompt_tokens"), _count(usage, "completion_tokens"))
+        choices = payload.get("choices")
+        if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
+            return ""
+        choice = choices[0]
+        reason = choice.get("finish_reason")
+        if reason:
+            if reason == "error":
+                # OpenRouter's mid-stream failure marker: an honest error, not a short answer.
+                raise errors.UpstreamError("upstream reported an error mid-stream")
+            self.finish_reason = str(reason)
+        text = _get(choice.get("delta"), "content")
+        if not isinstance(text, str) or not text:
+            return ""
+        if self._held:
+            text = self._held + text
+            self._held = ""
+        if text.isascii():
+            return text
+        return self._whole_characters(text)
+
+    def _whole_characters(self, text: str) -> str:
+        # Surrogates only get here through the stdlib fallback in _loads (orjson never yields
+        # one): hold a trailing high surrogate for the next delta, then pair what can be.
+        if "\ud800" <= text[-1] <= "\udbff":
+            text, self._held = text[:-1], text[-1]
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            # Pairs split across deltas become one character; strays become U+FFFD.
+            text = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+        return text
+
+    def flush(self) -> str:
+        held, self._held = self._held, ""
+        return "\ufffd" if held else ""
+
+    def truncation(self) -> str:
+        where = "mid-event" if self._decoder.pending else "without data: [DONE]"
+        return f"upstream stream truncated: the body ended {where}"
+
+
+def _get(value: Any, key: str) -> Any:
+    return value.get(key) if isinstance(value, dict) else None
+
+
+def _count(usage: dict[str, Any], key: str) -> int:
+    value = usage.get(key)
+    return value if isinstance(value, int) and value >= 0 else 0
+
+
+def _loads(data: str) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        # orjson rejects lone surrogate escapes ("\ud83d"), which some upstreams emit when a
+        # pair is split across two chunks; the stdlib parser keeps them for _EventReader.
+        return json.loads(data)
+    except ValueError:
+        raise errors.UpstreamError("upstream sent an event whose data is not JSON") from None
+
+
+def _connect_error(exc: aiohttp.ClientError) -> errors.TokenRelayError:
+    # Says what failed, not where: upstream hosts are the operator's business, and the
+    # exception chained to this one keeps the details for the logs.
+    if isinstance(exc, aiohttp.ServerTimeoutError):
+        return errors.UpstreamUnavailable("connecting to the upstream timed out")
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return errors.UpstreamUnavailable("cannot reach the upstream: DNS lookup failed")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return errors.UpstreamUnavailable("cannot reach the upstream: connection failed")
+    if isinstance(exc, aiohttp.ClientConnectionError):
+        return errors.UpstreamUnavailable("the upstream closed the connection before answering")
+    return errors.UpstreamError(f"the request to the upstream failed ({type(exc).__name__})")
+
+
+async def _status_error(
+    response: aiohttp.ClientResponse, model: str, secret: str | None
+) -> errors.TokenRelayError:
+    status = response.status
+    code, kind, message = _describe(await read_json(response))
+    message = redact(message or f"HTTP {status}", secret)
+    if status in (400, 422) and _is_context(code, kind, message):
+        return errors.ContextLengthExceeded(message)
+    if status == 404:
+        return errors.NotFound(f"model {model!r} not found upstream: {message}")
+    wait = retry_after(response.headers) if status == 429 or status >= 500 else None
+    return error_for_status(status, f"upstream HTTP {status}: {message}", retry_after=wait)
+
+
+def _payload_error(payload: Any, secret: str | None) -> errors.TokenRelayError:
+    """Map an ``{"error": {...}}`` body met inside (or instead of) a stream."""
+    code, kind, message = _describe(payload)
+    message = redact(message or "unknown upstream error", secret)
+    if code in _RATE_CODES or kind in _RATE_CODES:
+        return errors.UpstreamRateLimited(f"the upstream is rate limiting: {message}")
+    if _is_context(code, kind, message):
+        return errors.ContextLengthExceeded(message)
+    return errors.UpstreamError(f"upstream error: {message}")
+
+
+def _describe(payload: Any) -> tuple[str, str, str]:
+    """``(code, type, message)`` from the error shapes OpenAI-compatible servers use."""
+    if isinstance(payload, str):
+        return "", "", payload[:MAX_MESSAGE]
+    if not isinstance(payload, dict):
+        return "", "", ""
+    error = payload.get("error", payload)
+    if isinstance(error, str):
+        # {"error": "message"}, as Ollama and some proxies answer.
+        return "", "", error[:MAX_MESSAGE]
+    if not isinstance(error, dict):
+        return "", "", ""
+    # OpenAI's {"error": {...}}, vLLM's flat {"object": "error", "message", "code"}, and
+    # FastAPI's {"detail": ...} all land here.
+    message = error.get("message") or error.get("detail") or ""
+    if not isinstance(message, str):
+        message = orjson.dumps(message).decode()
+    code = error.get("code")
+    kind = error.get("type")
+    return (
+        str(code) if code is not None else "",
+        str(kind) if kind is not None else "",
+        message[:MAX_MESSAGE],
+    )
+
+
+def _is_context(code: str, kind: str, message: str) -> bool:
+    if code in _CONTEXT_CODES or kind in _CONTEXT_CODES:
+        return True
+    lowered = message.lower()
+    return any(phrase in lowered for phrase in _CONTEXT_PHRASES)
