@@ -53,7 +53,7 @@ def last_event_id(request: Request) -> int:
     raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
     if raw is None or raw == "":
         return 0
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise errors.InvalidRequest("Last-Event-ID must be a non-negative integer")
     return int(raw)
 

@@ -1,0 +1,209 @@
+"""Bad or oversized input gets a clear 4xx naming the problem on every HTTP wire, never a 500."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.gateway import Gateway, serve
+
+LIMITS = {
+    "max_body_bytes": 2_000,
+    "max_messages": 3,
+    "max_message_chars": 100,
+    "max_tokens": 50,
+}
+WIRES = [
+    pytest.param("/v1/chat/completions", id="openai"),
+    pytest.param("/v1/streams", id="native"),
+    pytest.param("/chat/stream", id="seed"),
+]
+
+
+@pytest.fixture(scope="module")
+async def gateway() -> AsyncIterator[Gateway]:
+    async with serve(limits=LIMITS) as running:
+        yield running
+
+
+def user(content: str = "hi") -> dict[str, Any]:
+    return {"role": "user", "content": content}
+
+
+async def error_of(
+    response: aiohttp.ClientResponse, status: int, code: str = "invalid_request"
+) -> str:
+    """Check the status and the OpenAI-shaped JSON error; return its message."""
+    assert response.status == status, await response.text()
+    assert response.content_type == "application/json"
+    payload = await response.json()
+    assert set(payload) == {"error"}
+    assert payload["error"]["code"] == code
+    message: str = payload["error"]["message"]
+    assert message
+    return message
+
+
+@pytest.mark.parametrize("path", WIRES)
+async def test_body_over_the_limit_is_413_payload_too_large(
+    http: aiohttp.ClientSession, gateway: Gateway, path: str
+) -> None:
+    request = {"messages": [user("x" * 50)], "padding": "p" * 3_000}
+    async with http.post(gateway.url + path, json=request) as response:
+        message = await error_of(response, 413, "payload_too_large")
+    assert "2000 bytes" in message
+
+
+@pytest.mark.parametrize("path", WIRES)
+async def test_chunked_body_over_the_limit_without_content_length_is_413(
+    http: aiohttp.ClientSession, gateway: Gateway, path: str
+) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"messages": [{"role": "user", "content": "hi"}], "padding": "'
+        for _ in range(5):
+            yield b"p" * 1_000
+        yield b'"}'
+
+    headers = {"Content-Type": "application/json"}
+    async with http.post(gateway.url + path, data=chunks(), headers=headers) as response:
+        assert response.request_info.headers.get("Transfer-Encoding") == "chunked"
+        await error_of(response, 413, "payload_too_large")
+
+
+@pytest.mark.parametrize("path", WIRES)
+async def test_more_messages_than_the_limit_is_400(
+    http: aiohttp.ClientSession, gateway: Gateway, path: str
+) -> None:
+    request = {"messages": [user()] * 4}
+    async with http.post(gateway.url + path, json=request) as response:
+        message = await error_of(response, 400)
+    assert "too many messages" in message
+
+
+@pytest.mark.parametrize("path", WIRES)
+async def test_message_longer_than_the_limit_is_413(
+    http: aiohttp.ClientSession, gateway: Gateway, path: str
+) -> None:
+    request = {"messages": [user(), user("y" * 101)]}
+    async with http.post(gateway.url + path, json=request) as response:
+        message = await error_of(response, 413, "payload_too_large")
+    assert "messages.1.content" in message
+
+
+@pytest.mark.parametrize("path", WIRES)
+async def test_max_tokens_over_the_limit_is_400(
+    http: aiohttp.ClientSession, gateway: Gateway, path: str
+) -> None:
+    request = {"messages": [user()], "max_tokens": 51}
+    async with http.post(gateway.url + path, json=request) as response:
+        message = await error_of(response, 400)
+    assert "max_tokens" in message
+
+
+async def test_max_completion_tokens_over_the_limit_is_400(
+    http: aiohttp.ClientSession, gateway: Gateway
+) -> None:
+    request = {"messages": [user()], "max_completion_tokens": 51, "stream": True}
+    async with http.post(f"{gateway.url}/v1/chat/completions", json=request) as response:
+        assert "max_tokens" in await error_of(response, 400)
+
+
+MALFORMED = [
+    pytest.param(b'{"messages": [', "not valid JSON", id="malformed-json"),
+    pytest.param(b"", "empty", id="empty-body"),
+    pytest.param(b"[1, 2]", "JSON object", id="array"),
+    pytest.param(b"null", "JSON object", id="null"),
+    pytest.param(b'"hello"', "JSON object", id="string"),
+    pytest.param(b"{}", "messages", id="no-messages"),
+    pytest.param(b'{"messages": "hi"}', "messages", id="messages-not-a-list"),
+    pytest.param(b'{"messages": [1]}', "messages.0", id="message-not-an-object"),
+    pytest.param(b'{"messages": []}', "messages", id="no-message"),
+    pytest.param(
+        b'{"messages": [{"role": "wizard", "content": "hi"}]}',
+        "messages.0.role",
+        id="unknown-role",
+    ),
+    pytest.param(
+        b'{"messages": [{"role": "user", "content": [{"type": "image_url",'
+        b' "image_url": {"url": "http://x"}}]}]}',
+        "messages.0.content",
+        id="image-content-part",
+    ),
+    pytest.param(
+        b'{"messages": [{"role": "user", "content": 42}]}',
+        "messages.0.content",
+        id="content-a-number",
+    ),
+    pytest.param(
+        b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": "lots"}',
+        "max_tokens",
+        id="max-tokens-not-a-number",
+    ),
+    pytest.param(
+        b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}',
+        "max_tokens",
+        id="max-tokens-zero",
+    ),
+    pytest.param(
+        b'{"messages": [{"role": "user", "content": "hi"}], "temperature": 9}',
+        "temperature",
+        id="temperature-out-of-range",
+    ),
+    pytest.param(
+        b'{"messages": [{"role": "user", "content": "hi"}], "script": {"delay": "x"}}',
+        "script.delay",
+        id="bad-script",
+    ),
+]
+
+
+@pytest.mark.parametrize("path", WIRES)
+@pytest.mark.parametrize(("data", "field"), MALFORMED)
+async def test_malformed_or_mistyped_bodies_are_400_naming_the_field(
+    http: aiohttp.ClientSession, gateway: Gateway, path: str, data: bytes, field: str
+) -> None:
+    headers = {"Content-Type": "application/json"}
+    async with http.post(gateway.url + path, data=data, headers=headers) as response:
+        message = await error_of(response, 400)
+    assert field in message
+
+
+@pytest.mark.parametrize("path", WIRES)
+async def test_unknown_model_is_404(
+    http: aiohttp.ClientSession, gateway: Gateway, path: str
+) -> None:
+    request = {"model": "no-such-model", "messages": [user()]}
+    async with http.post(gateway.url + path, json=request) as response:
+        assert "no-such-model" in await error_of(response, 404, "not_found")
+
+
+@pytest.mark.parametrize(
+    "path", ["/nope", "/v1/nope", "/v1/chat/completions/extra", "/api/v1/chat"]
+)
+async def test_unknown_route_is_404_json(
+    http: aiohttp.ClientSession, gateway: Gateway, path: str
+) -> None:
+    async with http.post(gateway.url + path, json={}) as response:
+        assert path in await error_of(response, 404, "not_found")
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/chat/completions"),
+        ("GET", "/v1/streams"),
+        ("GET", "/chat/stream"),
+        ("PUT", "/api/v1/chat/stream"),
+        ("POST", "/v1/models"),
+        ("PATCH", "/v1/streams/str_x"),
+    ],
+)
+async def test_wrong_method_is_405_json(
+    http: aiohttp.ClientSession, gateway: Gateway, method: str, path: str
+) -> None:
+    async with http.request(method, gateway.url + path) as response:
+        assert method in await error_of(response, 405)
+        assert "Allow" in response.headers
