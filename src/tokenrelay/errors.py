@@ -2,29 +2,30 @@
 
 ::
 
-    TokenRelayError                       code                    HTTP
-    ├── InvalidRequest                    invalid_request         400
-    │   └── ContextLengthExceeded         context_length_exceeded 400
-    ├── Unauthorized                      unauthorized            401
-    ├── Forbidden                         forbidden               403
-    ├── NotFound                          not_found               404
-    ├── PayloadTooLarge                   payload_too_large       413
-    ├── RateLimited                       rate_limited            429
-    ├── ConcurrencyLimited                concurrency_limited     429
-    ├── BudgetExceeded                    budget_exceeded         429
-    ├── LimiterUnavailable                limiter_unavailable     503
-    ├── UpstreamUnavailable               upstream_unavailable    502
-    ├── UpstreamRateLimited               upstream_rate_limited   429
-    ├── UpstreamTimeout                   upstream_timeout        504
-    │   ├── FirstTokenTimeout             first_token_timeout     504
-    │   └── IdleTimeout                   idle_timeout            504
-    ├── ContentFilter                     content_filter          400
-    ├── UpstreamError                     upstream_error          502
-    ├── Cancelled                         cancelled               499
-    └── ServerShutdown                    server_shutdown         503
+    TokenRelayError                       code                    HTTP  Anthropic type
+    ├── InvalidRequest                    invalid_request         400   invalid_request_error
+    │   └── ContextLengthExceeded         context_length_exceeded 400   invalid_request_error
+    ├── Unauthorized                      unauthorized            401   authentication_error
+    ├── Forbidden                         forbidden               403   permission_error
+    ├── NotFound                          not_found               404   not_found_error
+    ├── PayloadTooLarge                   payload_too_large       413   request_too_large
+    ├── RateLimited                       rate_limited            429   rate_limit_error
+    ├── ConcurrencyLimited                concurrency_limited     429   rate_limit_error
+    ├── BudgetExceeded                    budget_exceeded         429   rate_limit_error
+    ├── LimiterUnavailable                limiter_unavailable     503   api_error
+    ├── UpstreamUnavailable               upstream_unavailable    502   overloaded_error
+    ├── UpstreamRateLimited               upstream_rate_limited   429   rate_limit_error
+    ├── UpstreamTimeout                   upstream_timeout        504   timeout_error
+    │   ├── FirstTokenTimeout             first_token_timeout     504   timeout_error
+    │   └── IdleTimeout                   idle_timeout            504   timeout_error
+    ├── ContentFilter                     content_filter          400   invalid_request_error
+    ├── UpstreamError                     upstream_error          502   api_error
+    ├── Cancelled                         cancelled               499   api_error
+    └── ServerShutdown                    server_shutdown         503   api_error
 
-Each wire turns an error into its own dialect through :func:`to_payload`, :attr:`status` and
-:attr:`ws_close_code`; nothing else decides how an error looks.
+Each wire turns an error into its own dialect through :func:`to_payload` (or
+:func:`to_anthropic_payload`), :attr:`status` and :attr:`ws_close_code`; nothing else decides
+how an error looks.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class TokenRelayError(Exception):
     code: ClassVar[str] = "upstream_error"
     status: ClassVar[int] = 502
     type: ClassVar[str] = "api_error"
+    anthropic_type: ClassVar[str] = "api_error"
     # RFC 6455 §7.4.1: 1008 policy violation, 1009 too big, 1011 internal error, 1013 try later.
     ws_close_code: ClassVar[int] = 1011
 
@@ -47,6 +49,10 @@ class TokenRelayError(Exception):
     def to_payload(self) -> dict[str, Any]:
         """The OpenAI-shaped error body: ``{"error": {"message", "type", "code"}}``."""
         return {"error": {"message": self.message, "type": self.type, "code": self.code}}
+
+    def to_anthropic_payload(self) -> dict[str, Any]:
+        """Anthropic's error body: ``{"type": "error", "error": {"type", "message"}}``."""
+        return {"type": "error", "error": {"type": self.anthropic_type, "message": self.message}}
 
     def headers(self) -> dict[str, str]:
         if self.retry_after is None:
@@ -61,6 +67,7 @@ class InvalidRequest(TokenRelayError):
     code = "invalid_request"
     status = 400
     type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
     ws_close_code = 1008
 
 
@@ -72,6 +79,7 @@ class Unauthorized(TokenRelayError):
     code = "unauthorized"
     status = 401
     type = "authentication_error"
+    anthropic_type = "authentication_error"
     ws_close_code = 1008
 
 
@@ -79,6 +87,7 @@ class Forbidden(TokenRelayError):
     code = "forbidden"
     status = 403
     type = "permission_error"
+    anthropic_type = "permission_error"
     ws_close_code = 1008
 
 
@@ -86,6 +95,7 @@ class NotFound(TokenRelayError):
     code = "not_found"
     status = 404
     type = "not_found_error"
+    anthropic_type = "not_found_error"
     ws_close_code = 1008
 
 
@@ -93,6 +103,7 @@ class PayloadTooLarge(TokenRelayError):
     code = "payload_too_large"
     status = 413
     type = "invalid_request_error"
+    anthropic_type = "request_too_large"
     ws_close_code = 1009
 
 
@@ -100,6 +111,7 @@ class RateLimited(TokenRelayError):
     code = "rate_limited"
     status = 429
     type = "rate_limit_error"
+    anthropic_type = "rate_limit_error"
     ws_close_code = 1013
 
 
@@ -121,6 +133,7 @@ class LimiterUnavailable(TokenRelayError):
 class UpstreamUnavailable(TokenRelayError):
     code = "upstream_unavailable"
     status = 502
+    anthropic_type = "overloaded_error"
     ws_close_code = 1013
 
 
@@ -128,6 +141,7 @@ class UpstreamRateLimited(TokenRelayError):
     code = "upstream_rate_limited"
     status = 429
     type = "rate_limit_error"
+    anthropic_type = "rate_limit_error"
     ws_close_code = 1013
 
 
@@ -135,6 +149,7 @@ class UpstreamTimeout(TokenRelayError):
     code = "upstream_timeout"
     status = 504
     type = "timeout_error"
+    anthropic_type = "timeout_error"
 
 
 class FirstTokenTimeout(UpstreamTimeout):
@@ -149,6 +164,7 @@ class ContentFilter(TokenRelayError):
     code = "content_filter"
     status = 400
     type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
 
 
 class UpstreamError(TokenRelayError):

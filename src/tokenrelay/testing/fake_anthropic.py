@@ -1,0 +1,461 @@
+"""A fake Anthropic Messages API: real HTTP on loopback, scripted per request, recorded.
+
+Use it in-process::
+
+    async with FakeAnthropic(api_key="sk-ant-test") as fake:   # 127.0.0.1, a free port
+        base_url = fake.url                                     # "http://127.0.0.1:PORT"
+        ...
+        fake.requests[0].json["system"]       # what the client sent
+        await fake.requests[0].wait_closed(1) # when the client hung up
+
+or as a process (prints ``fake-anthropic listening on http://127.0.0.1:PORT`` when ready)::
+
+    python -m tokenrelay.testing.fake_anthropic --port 0
+
+Route: ``POST /v1/messages`` (``stream`` true or false). It checks what the real API checks
+first: an ``anthropic-version`` header, the ``x-api-key`` (when the fake has one), a
+``max_tokens``, and ``messages`` whose roles are ``user`` or ``assistant`` and alternate.
+Failures are Anthropic-shaped: ``{"type": "error", "error": {"type", "message"}}``.
+
+The script
+----------
+As for :mod:`tokenrelay.testing.fake_openai`: the body's ``"fake"`` object, else the last user
+message when it is a JSON object with a ``"fake"`` key (``fake_prompt(...)`` builds one), over
+the server's default script. Unknown keys are answered with a 400 naming them. Keys:
+
+``tokens``: list[str]
+    the text deltas (default: a short reply); ``repeat``: int repeats them.
+``delay`` / ``first_delay`` / ``headers_delay``: float seconds
+    between deltas / before the first one / before the response head.
+``status``: int, ``error_type``: str, ``error_message``: str, ``headers``: dict[str, str]
+    answer with this HTTP status and an error of this type (default: the type Anthropic uses
+    for the status) instead; ``headers`` are added to any response (``{"Retry-After": "3"}``).
+``error_after``: n
+    after n deltas send an ``error`` event (``error_type``, default ``overloaded_error``) and
+    end the body, as the API does when it fails mid-stream.
+``end_delay``: float seconds
+    between the last event (``message_stop`` or ``error``) and the end of the body.
+``truncate_after``: n
+    after n deltas send half an event and end the body cleanly.
+``drop_after``: n
+    after n deltas drop the connection without ending the body.
+``no_stop``: true
+    end the body cleanly after ``message_delta``, without ``message_stop``.
+``hang``: true / ``hang_after``: n
+    after the head / after n deltas, send nothing more until the client hangs up.
+``ping_every``: n
+    a ``ping`` event after every n deltas (the API always sends one after the block starts).
+``thinking``: list[str]
+    a thinking block (``thinking_delta`` and ``signature_delta`` events) before the text.
+``stop_reason``: str (default ``end_turn``; ``max_tokens`` when ``max_tokens`` cuts the
+    tokens short; ``stop_sequence`` when one of the request's ``stop_sequences`` appears)
+``usage``: {"input_tokens", "output_tokens"} (default: counted in words and deltas)
+``framing``: "chunked" (default) | "close"
+
+What it records
+---------------
+``fake.requests``: one :class:`~tokenrelay.testing.fake_openai.RecordedRequest` per request
+(method, path, headers, body, ``json``, the script, and ``finished``, ``client_closed_early``,
+``closed_at``, ``wait_closed(timeout)`` from its response and connection); ``fake.connections``
+lists every connection and ``fake.open_connections`` counts those still open.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import time
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tokenrelay.testing._http import ConnectionInfo, HTTPServer, Request, Response
+from tokenrelay.testing.fake_openai import RecordedRequest, _script_in_messages, fake_prompt
+
+__all__ = ["FakeAnthropic", "RecordedRequest", "Script", "fake_prompt"]
+
+DEFAULT_TOKENS = ["Hello", "!", " This", " is", " a", " fake", " Claude", " reply", "."]
+
+# https://docs.anthropic.com/en/api/errors
+STATUS_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+class Script(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tokens: list[str] = Field(default_factory=lambda: list(DEFAULT_TOKENS))
+    repeat: int = Field(default=1, ge=1)
+    delay: float = Field(default=0.0, ge=0)
+    first_delay: float = Field(default=0.0, ge=0)
+    headers_delay: float = Field(default=0.0, ge=0)
+    end_delay: float = Field(default=0.0, ge=0)
+    status: int = Field(default=200, ge=100, le=599)
+    error_type: str | None = None
+    error_message: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    error_after: int | None = Field(default=None, ge=0)
+    truncate_after: int | None = Field(default=None, ge=0)
+    drop_after: int | None = Field(default=None, ge=0)
+    no_stop: bool = False
+    hang: bool = False
+    hang_after: int | None = Field(default=None, ge=0)
+    ping_every: int | None = Field(default=None, ge=1)
+    thinking: list[str] | None = None
+    stop_reason: str | None = None
+    usage: dict[str, int] | None = None
+    framing: Literal["chunked", "close"] = "chunked"
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def error_body(status: int, message: str, kind: str | None = None) -> bytes:
+    kind = kind or STATUS_TYPES.get(
+        status, "api_error" if status >= 500 else "invalid_request_error"
+    )
+    return orjson.dumps({"type": "error", "error": {"type": kind, "message": message}})
+
+
+def _event(name: str, data: dict[str, Any]) -> bytes:
+    data = {"type": name, **data}
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(block.get("text", "")) for block in content if isinstance(block, dict))
+    return ""
+
+
+def _check(request: Request, body: Any, api_key: str | None) -> dict[str, Any]:
+    """Refuse what the real API refuses before it starts generating."""
+    if api_key is not None and request.headers.get("x-api-key") != api_key:
+        raise _Refused(401, "invalid x-api-key")
+    if "anthropic-version" not in request.headers:
+        raise _Refused(400, "anthropic-version: header is required")
+    if not isinstance(body, dict):
+        raise _Refused(400, "the body must be a JSON object")
+    if not isinstance(body.get("model"), str):
+        raise _Refused(400, "model: Field required")
+    max_tokens = body.get("max_tokens")
+    if not isinstance(max_tokens, int) or max_tokens < 1:
+        raise _Refused(400, "max_tokens: Field required")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _Refused(400, "messages: at least one message is required")
+    previous = None
+    for index, message in enumerate(messages):
+        role = message.get("role") if isinstance(message, dict) else None
+        if role not in ("user", "assistant"):
+            raise _Refused(400, f"messages.{index}.role: Input should be 'user' or 'assistant'")
+        if role == previous:
+            raise _Refused(400, "messages: roles must alternate between user and assistant")
+        if not _text(message.get("content")):
+            raise _Refused(400, f"messages.{index}: all messages must have non-empty content")
+        previous = role
+    return body
+
+
+class FakeAnthropic:
+    """The fake upstream server; see the module docstring for scripts and records."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        script: dict[str, Any] | None = None,
+        api_key: str | None = None,
+        record: bool = True,
+    ) -> None:
+        self.default_script: dict[str, Any] = dict(script or {})
+        self.api_key = api_key
+        self.record = record
+        self.requests: list[RecordedRequest] = []
+        self.connections: list[ConnectionInfo] = []
+        self._server = HTTPServer(self._handle, host, port, on_connection=self._on_connection)
+        self._counter = 0
+
+    @property
+    def port(self) -> int:
+        return self._server.port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self._server.host}:{self._server.port}"
+
+    @property
+    def open_connections(self) -> int:
+        return self._server.open_connections
+
+    async def start(self) -> FakeAnthropic:
+        await self._server.start()
+        return self
+
+    async def stop(self) -> None:
+        await self._server.stop()
+
+    async def __aenter__(self) -> FakeAnthropic:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def _on_connection(self, info: ConnectionInfo) -> None:
+        if self.record:
+            self.connections.append(info)
+
+    async def _handle(self, request: Request, response: Response, conn: ConnectionInfo) -> None:
+        recorded = RecordedRequest(
+            request.method,
+            request.path,
+            request.headers,
+            request.body,
+            time.monotonic(),
+            conn,
+            _response=response,
+        )
+        if self.record:
+            self.requests.append(recorded)
+        if request.path != "/v1/messages" or request.method != "POST":
+            _refuse(response, 404, f"no route for {request.method} {request.path}")
+            return
+        try:
+            body = _check(request, orjson.loads(request.body), self.api_key)
+            raw = self._script_of(body)
+            recorded.script = raw
+            script = Script.model_validate(raw)
+        except orjson.JSONDecodeError as exc:
+            _refuse(response, 400, f"the body is not JSON: {exc}")
+            return
+        except _Refused as exc:
+            _refuse(response, exc.status, str(exc))
+            return
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            _refuse(response, 400, f"fake script: {where}: {first['msg']}")
+            return
+        extra = list(script.headers.items())
+        if script.headers_delay:
+            await asyncio.sleep(script.headers_delay)
+        if script.status != 200:
+            message = script.error_message or f"fake upstream error {script.status}"
+            payload = error_body(script.status, message, script.error_type)
+            response.send(script.status, [("Content-Type", "application/json"), *extra], payload)
+            return
+        self._counter += 1
+        reply = _Reply(script, body, f"msg_fake_{self._counter}")
+        if body.get("stream"):
+            await reply.stream(response, extra)
+        else:
+            headers = [("Content-Type", "application/json"), *extra]
+            response.send(200, headers, orjson.dumps(reply.message()))
+
+    def _script_of(self, body: dict[str, Any]) -> dict[str, Any]:
+        script = body.get("fake")
+        if script is None:
+            script = _script_in_messages(body.get("messages"))
+        if script is not None and not isinstance(script, dict):
+            raise _Refused(400, "the fake script must be a JSON object")
+        return {**self.default_script, **(script or {})}
+
+
+def _refuse(response: Response, status: int, message: str) -> None:
+    response.send(status, [("Content-Type", "application/json")], error_body(status, message))
+
+
+class _Reply:
+    """One answer: the planned text, stop reason and usage, streamed or whole."""
+
+    def __init__(self, script: Script, body: dict[str, Any], message_id: str) -> None:
+        self.script = script
+        self.body = body
+        self.id = message_id
+        self.tokens, self.stop_reason, self.stop_sequence = self._plan()
+        words = len(_text(body.get("system")).split()) + sum(
+            len(_text(m.get("content")).split()) for m in body["messages"]
+        )
+        usage = script.usage or {}
+        self.input_tokens = usage.get("input_tokens", words)
+        self.output_tokens = usage.get("output_tokens")
+
+    def _plan(self) -> tuple[list[str], str, str | None]:
+        script, body = self.script, self.body
+        tokens = script.tokens * script.repeat
+        stops = body.get("stop_sequences") or []
+        text = ""
+        for index, token in enumerate(tokens):
+            text += token
+            hit = next((stop for stop in stops if stop in text), None)
+            if hit is not None:
+                # The API never sends the stop sequence itself, even when it spans deltas.
+                cut, kept, used = text[: text.index(hit)], [], 0
+                for earlier in tokens[: index + 1]:
+                    if cut[used : used + len(earlier)]:
+                        kept.append(cut[used : used + len(earlier)])
+                    used += len(earlier)
+                return kept, "stop_sequence", hit
+        if body["max_tokens"] < len(tokens):
+            return tokens[: body["max_tokens"]], "max_tokens", None
+        return tokens, script.stop_reason or "end_turn", None
+
+    def _usage(self, sent: int) -> dict[str, int]:
+        output = self.output_tokens if self.output_tokens is not None else sent
+        return {"input_tokens": self.input_tokens, "output_tokens": output}
+
+    def message(self) -> dict[str, Any]:
+        content: list[dict[str, Any]] = []
+        if self.script.thinking:
+            thinking = "".join(self.script.thinking)
+            content.append({"type": "thinking", "thinking": thinking, "signature": "fake"})
+        content.append({"type": "text", "text": "".join(self.tokens)})
+        return {
+            "id": self.id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.body["model"],
+            "content": content,
+            "stop_reason": self.stop_reason,
+            "stop_sequence": self.stop_sequence,
+            "usage": self._usage(len(self.tokens)),
+        }
+
+    async def stream(self, response: Response, extra: list[tuple[str, str]]) -> None:
+        script = self.script
+        headers = [
+            ("Content-Type", "text/event-stream; charset=utf-8"),
+            ("Cache-Control", "no-cache"),
+        ]
+        response.start(200, headers + extra, framing=script.framing)
+        if script.hang:
+            await asyncio.Event().wait()
+        start = {**self.message(), "content": [], "stop_reason": None, "stop_sequence": None}
+        start["usage"] = {"input_tokens": self.input_tokens, "output_tokens": 1}
+        response.write(_event("message_start", {"message": start}))
+        if script.first_delay:
+            await asyncio.sleep(script.first_delay)
+        index = 0
+        if script.thinking:
+            response.write(self._thinking(index))
+            index += 1
+        block = {"type": "text", "text": ""}
+        response.write(
+            _event("content_block_start", {"index": index, "content_block": block})
+            + _event("ping", {})
+        )
+        if not await self._deltas(response, index):
+            return
+        response.write(
+            _event("content_block_stop", {"index": index})
+            + _event(
+                "message_delta",
+                {
+                    "delta": {"stop_reason": self.stop_reason, "stop_sequence": self.stop_sequence},
+                    "usage": {"output_tokens": self._usage(len(self.tokens))["output_tokens"]},
+                },
+            )
+            + (b"" if script.no_stop else _event("message_stop", {}))
+        )
+        await self._end(response)
+
+    def _thinking(self, index: int) -> bytes:
+        block = {"type": "thinking", "thinking": "", "signature": ""}
+        parts = [_event("content_block_start", {"index": index, "content_block": block})]
+        for piece in self.script.thinking or []:
+            delta = {"type": "thinking_delta", "thinking": piece}
+            parts.append(_event("content_block_delta", {"index": index, "delta": delta}))
+        delta = {"type": "signature_delta", "signature": "fake-signature"}
+        parts.append(_event("content_block_delta", {"index": index, "delta": delta}))
+        parts.append(_event("content_block_stop", {"index": index}))
+        return b"".join(parts)
+
+    async def _end(self, response: Response) -> None:
+        if self.script.end_delay:
+            await asyncio.sleep(self.script.end_delay)
+        response.finish()
+
+    async def _deltas(self, response: Response, index: int) -> bool:
+        """Write the text deltas, applying the ``*_after`` faults; False when cut short."""
+        script = self.script
+        count = len(self.tokens)
+        for sent in range(count + 1):
+            if script.hang_after == sent:
+                await asyncio.Event().wait()
+            if script.drop_after == sent:
+                response.abort()
+                await asyncio.Event().wait()  # cancelled as the connection goes
+            if script.error_after == sent:
+                kind = script.error_type or "overloaded_error"
+                error = {"type": kind, "message": script.error_message or "Overloaded"}
+                response.write(_event("error", {"error": error}))
+                await self._end(response)
+                return False
+            if script.truncate_after == sent:
+                response.write(b'event: content_block_delta\ndata: {"type":"content_block_delta"')
+                response.finish()
+                return False
+            if sent == count:
+                return True
+            if sent and script.delay:
+                await asyncio.sleep(script.delay)
+            delta = {"type": "text_delta", "text": self.tokens[sent]}
+            frame = _event("content_block_delta", {"index": index, "delta": delta})
+            if script.ping_every and (sent + 1) % script.ping_every == 0:
+                frame += _event("ping", {})
+            response.write(frame)
+            await response.drain()
+            if not script.delay:
+                await asyncio.sleep(0)  # let other streams write between our events
+        return True
+
+
+async def _serve(host: str, port: int, api_key: str | None, record: bool) -> None:
+    fake = FakeAnthropic(host=host, port=port, api_key=api_key, record=record)
+    await fake.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    sys.stdout.write(f"fake-anthropic listening on {fake.url}\n")
+    sys.stdout.flush()
+    try:
+        await stop.wait()
+    finally:
+        await fake.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m tokenrelay.testing.fake_anthropic",
+        description="A fake Anthropic Messages API for tests, benchmarks and demos.",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--api-key", default=None, help="require this x-api-key")
+    parser.add_argument("--record", action="store_true", help="keep every request in memory")
+    args = parser.parse_args(argv)
+    asyncio.run(_serve(args.host, args.port, args.api_key, args.record))
+
+
+if __name__ == "__main__":
+    main()
