@@ -52,6 +52,15 @@ class Provider(abc.ABC):
     def upstream_model(self) -> str:
         return self.config.upstream_model or self.model_name
 
+    @property
+    def context_window(self) -> int | None:
+        """Tokens the model attends to; a provider that can ask its model overrides this."""
+        return self.config.context_window
+
+    def token_counter(self) -> Callable[[str], int] | None:
+        """The model's own tokenizer as a counting function, when the provider has one."""
+        return None
+
     @abc.abstractmethod
     def stream(self, request: ChatRequest) -> AsyncIterator[ProviderEvent]:
         """Yield the events of one generation; see the module docstring for the contract."""
