@@ -1,0 +1,86 @@
+"""Fit a conversation into a model's context window: the system prompt and the newest turns.
+
+Tokens are counted by the provider when it can (the local model's own tokenizer); otherwise
+by :func:`estimate_tokens`, a deliberate over-estimate. ``tiktoken`` is not used: it fetches
+its encodings from the network on first use, which a self-hosted gateway cannot count on, and
+it only knows OpenAI's tokenizers, not Anthropic's or a llama.cpp server's. Overestimating
+costs a few old turns; underestimating costs a failed request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tokenrelay import errors
+from tokenrelay.chat import Message
+
+# Chat templates wrap each message in a few tokens of markup (role, separators).
+MESSAGE_OVERHEAD = 4
+
+TokenCounter = Callable[[str], int]
+
+
+def estimate_tokens(text: str) -> int:
+    """About one token per 3 bytes of UTF-8, rounded up.
+
+    English runs near 4 characters a token in BPE vocabularies, so this leaves about a third
+    of headroom there; CJK text (3 bytes a character, often a token each) comes out near
+    exact. Never zero for non-empty text.
+    """
+    return -(-len(text.encode()) // 3)
+
+
+@dataclass
+class ContextFitter:
+    """Collect messages newest first until the next one would not fit.
+
+    ``budget`` is the window minus the room kept for the reply; ``max_messages`` caps the
+    count too (the gateway's own request limit). The system messages and the
+    new user message always go in (or the request is refused with ``context_length_exceeded``).
+    """
+
+    budget: int
+    count: TokenCounter = estimate_tokens
+    max_messages: int | None = None
+    system: list[Message] = field(default_factory=list)
+    used: int = 0
+    dropped: bool = False
+    _turns: list[Message] = field(default_factory=list)
+
+    def cost(self, message: Message) -> int:
+        return self.count(message.content) + MESSAGE_OVERHEAD
+
+    def start(self, system: list[Message], new: Message) -> None:
+        self.system = system
+        self.used = sum(self.cost(m) for m in [*system, new])
+        if self.used > self.budget:
+            raise errors.ContextLengthExceeded(
+                f"the system prompt and this message need about {self.used} tokens; the "
+                f"model's context window leaves {self.budget} for them"
+            )
+        self._turns = [new]
+
+    def add(self, message: Message) -> bool:
+        """Take the next older message; False (and take nothing more) once one does not fit."""
+        if self.dropped:
+            return False
+        cost = self.cost(message)
+        full = self.max_messages is not None and (
+            len(self.system) + len(self._turns) >= self.max_messages
+        )
+        if full or self.used + cost > self.budget:
+            self.dropped = True
+            return False
+        self.used += cost
+        self._turns.append(message)
+        return True
+
+    def messages(self) -> list[Message]:
+        """System messages, then the kept turns oldest first, starting with a user message."""
+        turns = self._turns[::-1]
+        # A reply whose question was dropped would open the history with the assistant, which
+        # some upstreams (Anthropic's) refuse.
+        while self.dropped and len(turns) > 1 and turns[0].role != "user":
+            turns.pop(0)
+        return [*self.system, *turns]

@@ -1,0 +1,244 @@
+"""Stored turns: the user's message saved first, the reply streamed and recorded, a title.
+
+:class:`Conversations` is what the conversation routes and the WebSocket call to take a turn.
+It builds the context from the store (fitted to the model's window, the stored history left
+as it is), starts a resumable stream on the relay, and hands the stream to a
+:class:`~tokenrelay.store.recorder.Recorder`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from tokenrelay import errors
+from tokenrelay.chat import ChatRequest, Message, Role
+from tokenrelay.config import Settings
+from tokenrelay.context import ContextFitter, estimate_tokens
+from tokenrelay.providers.base import Provider
+from tokenrelay.relay import Relay, Stream
+from tokenrelay.store.recorder import Recorder
+from tokenrelay.store.repository import ConversationRecord, MessageRecord, Store
+from tokenrelay.wires.body import check_max_tokens
+
+logger = logging.getLogger("tokenrelay.conversations")
+
+TITLE_CHARS = 80
+# Quote marks, backticks and markdown a model may wrap a title in.
+QUOTES = "\"'`*# \u2018\u2019\u201c\u201d"
+
+TITLE_PROMPT = (
+    "Write a short title (at most six words) for the conversation below. "
+    "Answer with the title only, without quotes."
+)
+
+
+@dataclass(slots=True)
+class Turn:
+    """A new user message and the options for its reply."""
+
+    content: str
+    model: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] | None = None
+    seed: int | None = None
+    script: dict[str, Any] | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class StartedTurn:
+    stream: Stream
+    user: MessageRecord
+    reply: MessageRecord
+
+
+def fallback_title(text: str) -> str:
+    """The first non-empty line, whitespace collapsed, cut to :data:`TITLE_CHARS`."""
+    line = next((line for line in text.splitlines() if line.strip()), "")
+    title = " ".join(line.split())
+    if len(title) > TITLE_CHARS:
+        title = title[: TITLE_CHARS - 1].rstrip() + "…"
+    return title or "New conversation"
+
+
+def _clean_title(text: str) -> str | None:
+    line = next((line for line in text.splitlines() if line.strip()), "")
+    title = " ".join(line.split()).removeprefix("Title:").strip(QUOTES)
+    return title[:TITLE_CHARS] or None
+
+
+class Conversations:
+    def __init__(self, store: Store, relay: Relay, settings: Settings) -> None:
+        self.store = store
+        self.relay = relay
+        self.settings = settings
+        self.recorders: dict[str, Recorder] = {}
+        self._live: dict[str, Stream] = {}
+        self._starting: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def take_turn(self, owner: str | None, conversation_id: str, turn: Turn) -> StartedTurn:
+        """Save the user's message, then start the reply; the stream is returned at once."""
+        # Ownership first: someone else's conversation is missing, never "busy".
+        conversation = await self.store.get_conversation(owner, conversation_id)
+        if conversation_id in self._starting or self.live(conversation_id) is not None:
+            raise errors.InvalidRequest(
+                "a reply is still streaming in this conversation; wait for it or cancel it"
+            )
+        self._starting.add(conversation_id)
+        try:
+            return await self._take_turn(conversation, turn)
+        finally:
+            self._starting.discard(conversation_id)
+
+    async def _take_turn(self, conversation: ConversationRecord, turn: Turn) -> StartedTurn:
+        limits = self.settings.limits
+        owner, conversation_id = conversation.owner, conversation.id
+        if not turn.content:
+            raise errors.InvalidRequest("content must not be empty")
+        if len(turn.content) > limits.max_message_chars:
+            raise errors.PayloadTooLarge(
+                f"content is {len(turn.content)} characters "
+                f"(the limit is {limits.max_message_chars})"
+            )
+        check_max_tokens(turn.max_tokens, limits)
+        name, provider = self.relay.provider_for(turn.model or conversation.model)
+        new = Message(role="user", content=turn.content)
+        messages = await self._context(conversation_id, provider, new, turn.max_tokens)
+        admitted = await self.relay.admit(ChatRequest(name, messages, turn.max_tokens), owner)
+        first_title = fallback_title(turn.content) if conversation.title is None else None
+        [user] = await self.store.add_messages(
+            conversation_id, [("user", turn.content)], fallback_title=first_title
+        )
+        request = ChatRequest(
+            model=name,
+            messages=messages,
+            max_tokens=turn.max_tokens,
+            temperature=turn.temperature,
+            top_p=turn.top_p,
+            stop=turn.stop,
+            seed=turn.seed,
+            script=turn.script,
+        )
+        linger = self.settings.streams.resume_grace
+        stream = self.relay.start(request, owner=owner, linger=linger, admitted=admitted)
+        try:
+            reply = await self.store.start_reply(conversation_id, model=name, stream_id=stream.id)
+        except BaseException:
+            stream.cancel(errors.UpstreamError("the reply could not be stored"))
+            raise
+        self._live[conversation_id] = stream
+        settings = self.settings.conversations
+        recorder = Recorder(
+            self.store,
+            reply.id,
+            stream,
+            interval=settings.checkpoint_interval,
+            max_pending=settings.checkpoint_tokens,
+        )
+        self.recorders[reply.id] = recorder
+        self._spawn(self._record(conversation, recorder, first_title, turn.content))
+        return StartedTurn(stream=stream, user=user, reply=reply)
+
+    async def _context(
+        self, conversation_id: str, provider: Provider, new: Message, max_tokens: int | None
+    ) -> list[Message]:
+        settings = self.settings.conversations
+        window = provider.context_window or settings.default_context_window
+        reserve = max_tokens if max_tokens is not None else min(settings.reply_reserve, window // 4)
+        fitter = ContextFitter(
+            budget=window - reserve,
+            count=provider.token_counter() or estimate_tokens,
+            max_messages=self.settings.limits.max_messages,
+        )
+        system = await self.store.system_messages(conversation_id)
+        fitter.start([Message(role="system", content=m.content) for m in system], new)
+        async with contextlib.aclosing(self.store.history(conversation_id)) as history:
+            async for record in history:
+                if not record.content:
+                    continue
+                role: Role = "assistant" if record.role == "assistant" else "user"
+                if not fitter.add(Message(role=role, content=record.content)):
+                    break
+        return fitter.messages()
+
+    def live(self, conversation_id: str) -> Stream | None:
+        stream = self._live.get(conversation_id)
+        return None if stream is None or stream.finished else stream
+
+    def cancel(self, conversation_id: str, reason: errors.TokenRelayError) -> None:
+        stream = self.live(conversation_id)
+        if stream is not None:
+            stream.cancel(reason)
+
+    async def _record(
+        self,
+        conversation: ConversationRecord,
+        recorder: Recorder,
+        first_title: str | None,
+        question: str,
+    ) -> None:
+        stream = recorder.stream
+        try:
+            await recorder.run()
+        finally:
+            self.recorders.pop(recorder.message_id, None)
+            if self._live.get(conversation.id) is stream:
+                del self._live[conversation.id]
+        model = self.settings.conversations.title_model
+        if first_title is not None and model is not None and stream.status == "complete":
+            await self._write_title(conversation, model, first_title, question, stream.log.text())
+
+    async def _write_title(
+        self,
+        conversation: ConversationRecord,
+        model: str,
+        fallback: str,
+        question: str,
+        answer: str,
+    ) -> None:
+        request = ChatRequest(
+            model=model,
+            messages=[
+                Message(role="system", content=TITLE_PROMPT),
+                Message(
+                    role="user", content=f"User: {question[:2000]}\n\nAssistant: {answer[:2000]}"
+                ),
+            ],
+            max_tokens=24,
+        )
+        try:
+            stream = self.relay.start(request, owner=conversation.owner)
+            assert stream.task is not None
+            await stream.task
+        except errors.TokenRelayError as exc:
+            logger.info("no title for %s: %s", conversation.id, exc.code)
+            return
+        title = _clean_title(stream.log.text()) if stream.status == "complete" else None
+        if title is not None:
+            await self.store.set_title(conversation.id, title, replacing=fallback)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("recording a reply failed", exc_info=task.exception())
+
+    async def aclose(self, grace: float = 10.0) -> None:
+        """Let recorders write the ends of the streams (already stopped by the relay)."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=grace)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=1)

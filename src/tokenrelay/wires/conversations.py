@@ -1,0 +1,222 @@
+"""Stored conversations over HTTP.
+
+``POST /v1/conversations`` · ``GET /v1/conversations`` (newest first) ·
+``GET|PATCH|DELETE /v1/conversations/{id}`` · ``GET /v1/conversations/{id}/messages``
+(oldest first) · ``POST /v1/conversations/{id}/messages`` (streams the reply on the native
+wire, resumable through ``/v1/streams/{sid}`` like any native stream).
+
+Lists are pages of ``limit`` items (1-100; default 20 conversations, 100 messages) with a
+cursor: pass the id of the last item you got as ``after`` for the next page. The answer is
+``{"object": "list", "data", "first_id", "last_id", "has_more"}``, as OpenAI's lists are. A
+cursor, unlike an offset, neither repeats nor skips items when new ones arrive between pages.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import Response
+
+from tokenrelay import errors
+from tokenrelay.conversations import Conversations, Turn
+from tokenrelay.relay import Relay
+from tokenrelay.store.repository import ConversationRecord, MessageRecord, Page, Store
+from tokenrelay.wires.http import JSONResponse, read_json, validate
+from tokenrelay.wires.native import NativeEncoder
+from tokenrelay.wires.relaying import EventStreamResponse
+
+MAX_PAGE = 100
+
+
+class NewConversation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: str | None = Field(default=None, max_length=200)
+    model: str | None = None
+    system: str | None = None
+
+
+class ConversationChanges(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: str | None = Field(default=None, max_length=200)
+    model: str | None = None
+
+
+class NewMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    content: str = Field(min_length=1)
+    model: str | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    script: dict[str, Any] | None = None
+
+    def to_turn(self) -> Turn:
+        stop = [self.stop] if isinstance(self.stop, str) else self.stop
+        return Turn(
+            content=self.content,
+            model=self.model,
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            stop=stop,
+            seed=self.seed,
+            script=self.script,
+        )
+
+
+def conversation_json(record: ConversationRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "object": "conversation",
+        "title": record.title,
+        "model": record.model,
+        "created_at": record.created_at.isoformat(),
+        "updated_at": record.updated_at.isoformat(),
+    }
+
+
+def message_json(record: MessageRecord) -> dict[str, Any]:
+    usage = None
+    if record.prompt_tokens is not None or record.completion_tokens is not None:
+        usage = {
+            "prompt_tokens": record.prompt_tokens,
+            "completion_tokens": record.completion_tokens,
+        }
+    return {
+        "id": record.id,
+        "object": "conversation.message",
+        "conversation_id": record.conversation_id,
+        "role": record.role,
+        "content": record.content,
+        "status": record.status,
+        "error_code": record.error_code,
+        "finish_reason": record.finish_reason,
+        "model": record.model,
+        "stream_id": record.stream_id,
+        "usage": usage,
+        "created_at": record.created_at.isoformat(),
+        "updated_at": record.updated_at.isoformat(),
+    }
+
+
+def _page_json(page: Page[Any], items: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": items,
+        "first_id": items[0]["id"] if items else None,
+        "last_id": items[-1]["id"] if items else None,
+        "has_more": page.has_more,
+    }
+
+
+def _limit(request: Request, default: int) -> int:
+    raw = request.query_params.get("limit")
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+        raise errors.InvalidRequest(f"limit must be an integer from 1 to {MAX_PAGE}")
+    return int(raw)
+
+
+def _store(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
+
+
+def _owner(request: Request) -> str | None:
+    owner: str | None = request.scope.get("user")
+    return owner
+
+
+async def create_conversation(request: Request) -> Response:
+    body = validate(NewConversation, await _body(request, empty_ok=True))
+    if body.model is not None:
+        relay: Relay = request.app.state.relay
+        relay.provider_for(body.model)
+    record = await _store(request).create_conversation(
+        _owner(request), title=body.title, model=body.model, system=body.system
+    )
+    return JSONResponse(conversation_json(record), status_code=201)
+
+
+async def list_conversations(request: Request) -> Response:
+    page = await _store(request).list_conversations(
+        _owner(request), limit=_limit(request, 20), after=request.query_params.get("after")
+    )
+    return JSONResponse(_page_json(page, [conversation_json(c) for c in page.items]))
+
+
+async def get_conversation(request: Request) -> Response:
+    conversation_id = request.path_params["conversation_id"]
+    record = await _store(request).get_conversation(_owner(request), conversation_id)
+    return JSONResponse(conversation_json(record))
+
+
+async def update_conversation(request: Request) -> Response:
+    data = await _body(request)
+    body = validate(ConversationChanges, data)
+    if body.model is not None:
+        relay: Relay = request.app.state.relay
+        relay.provider_for(body.model)
+    # Only the fields the client sent change; ``null`` clears one.
+    changes = {name: getattr(body, name) for name in body.model_fields_set}
+    record = await _store(request).update_conversation(
+        _owner(request), request.path_params["conversation_id"], **changes
+    )
+    return JSONResponse(conversation_json(record))
+
+
+async def delete_conversation(request: Request) -> Response:
+    conversation_id = request.path_params["conversation_id"]
+    await _store(request).delete_conversation(_owner(request), conversation_id)
+    conversations: Conversations = request.app.state.conversations
+    conversations.cancel(conversation_id, errors.Cancelled("the conversation was deleted"))
+    return JSONResponse({"id": conversation_id, "object": "conversation.deleted", "deleted": True})
+
+
+async def list_messages(request: Request) -> Response:
+    order = request.query_params.get("order", "asc")
+    if order not in ("asc", "desc"):
+        raise errors.InvalidRequest("order must be asc or desc")
+    page = await _store(request).list_messages(
+        _owner(request),
+        request.path_params["conversation_id"],
+        limit=_limit(request, 100),
+        after=request.query_params.get("after"),
+        newest_first=order == "desc",
+    )
+    return JSONResponse(_page_json(page, [message_json(m) for m in page.items]))
+
+
+async def post_message(request: Request) -> EventStreamResponse:
+    conversations: Conversations = request.app.state.conversations
+    body = validate(NewMessage, await _body(request))
+    started = await conversations.take_turn(
+        _owner(request), request.path_params["conversation_id"], body.to_turn()
+    )
+    stream = started.stream
+    return EventStreamResponse(
+        stream,
+        NativeEncoder(),
+        conversations.settings.streams,
+        headers={
+            "X-Stream-Id": stream.id,
+            "X-Conversation-Id": started.user.conversation_id,
+            "X-Message-Id": started.reply.id,
+        },
+    )
+
+
+async def _body(request: Request, *, empty_ok: bool = False) -> Any:
+    no_body = request.headers.get("content-length", "0") == "0"
+    if empty_ok and no_body and "transfer-encoding" not in request.headers:
+        return {}
+    relay: Relay = request.app.state.relay
+    return await read_json(request, relay.settings.limits.max_body_bytes)

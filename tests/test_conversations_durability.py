@@ -1,0 +1,406 @@
+"""Nothing stored is lost: restarts, disconnects, cancels, kill -9, many writers, old schemas.
+
+Every test runs on SQLite and on PostgreSQL (see the ``database_url`` fixture).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+from tests.gateway import free_socket, read_sse, serve, settings
+from tests.stored import (
+    all_settled,
+    create,
+    messages,
+    post_turn,
+    settled,
+    stored_message,
+    text_of,
+    turn,
+    words,
+)
+from tokenrelay import cli
+from tokenrelay.app import create_app
+from tokenrelay.store import SchemaOutdated, Store
+from tokenrelay.store import schema as store_schema
+from tokenrelay.store.engine import create_engine
+from tokenrelay.store.models import Base
+
+FULL = "".join(words(400))
+
+
+async def test_history_survives_a_restart_and_is_the_next_replys_context(
+    http: aiohttp.ClientSession, database_url: str
+) -> None:
+    async with serve(database_url=database_url) as gateway:
+        cid = await create(http, gateway, system="Be brief.")
+        await post_turn(http, gateway, cid, turn("first", text="one"))
+        await post_turn(http, gateway, cid, turn("second", text="two"))
+        before = await messages(http, gateway, cid)
+    async with serve(database_url=database_url) as gateway:
+        after = await messages(http, gateway, cid)
+        events = await post_turn(http, gateway, cid, turn("third", echo="history"))
+
+    assert after == before
+    assert [m["content"] for m in after] == ["Be brief.", "first", "one", "second", "two"]
+    assert text_of(events) == (
+        "system: Be brief. | user: first | assistant: one | user: second | assistant: two"
+        " | user: third"
+    )
+
+
+async def test_a_reply_the_client_left_is_complete_when_it_ran_to_its_end(
+    http: aiohttp.ClientSession, database_url: str
+) -> None:
+    async with serve(database_url=database_url, streams={"resume_grace": 5}) as gateway:
+        cid = await create(http, gateway)
+        url = f"{gateway.url}/v1/conversations/{cid}/messages"
+        response = await http.post(url, json=turn(tokens=words(30), delay=0.02))
+        message_id = response.headers["X-Message-Id"]
+        seen = await _read_tokens(response, 3)
+        response.close()
+        reply = await settled(gateway.app.state.store, message_id)
+
+    assert FULL.startswith(seen) and seen
+    assert reply.status == "complete"
+    assert reply.content == "".join(words(30))
+    assert (reply.finish_reason, reply.completion_tokens) == ("stop", 30)
+
+
+async def test_a_reply_nobody_came_back_for_is_cancelled_with_its_partial_text(
+    http: aiohttp.ClientSession, database_url: str
+) -> None:
+    async with serve(database_url=database_url, streams={"resume_grace": 0.3}) as gateway:
+        cid = await create(http, gateway)
+        url = f"{gateway.url}/v1/conversations/{cid}/messages"
+        response = await http.post(url, json=turn(tokens=words(400), delay=0.02))
+        message_id = response.headers["X-Message-Id"]
+        seen = await _read_tokens(response, 3)
+        response.close()
+        reply = await settled(gateway.app.state.store, message_id)
+
+    assert (reply.status, reply.error_code) == ("cancelled", "cancelled")
+    assert reply.content.startswith(seen)
+    assert FULL.startswith(reply.content) and len(reply.content) < len(FULL)
+
+
+async def test_delete_of_the_stream_stores_the_reply_cancelled_with_its_partial_text(
+    http: aiohttp.ClientSession, database_url: str
+) -> None:
+    async with serve(database_url=database_url) as gateway:
+        cid = await create(http, gateway)
+        url = f"{gateway.url}/v1/conversations/{cid}/messages"
+        async with http.post(url, json=turn(tokens=words(400), delay=0.02)) as response:
+            message_id = response.headers["X-Message-Id"]
+            frames = read_sse(response)
+            seen = await _read_tokens_from(frames, 3)
+            stream_id = response.headers["X-Stream-Id"]
+            async with http.delete(f"{gateway.url}/v1/streams/{stream_id}") as deleted:
+                assert deleted.status == 200
+            rest = [event async for event in frames]
+        reply = await settled(gateway.app.state.store, message_id)
+        # Another turn may start once the cancelled one has ended.
+        after = await post_turn(http, gateway, cid, turn("next", text="fine"))
+
+    assert rest[-1].event == "error" and rest[-1].json()["code"] == "cancelled"
+    assert (reply.status, reply.error_code) == ("cancelled", "cancelled")
+    assert reply.content == seen + text_of(rest)
+    assert 0 < len(reply.content) < len(FULL)
+    assert text_of(after) == "fine"
+
+
+async def test_a_second_turn_while_a_reply_streams_is_refused_and_delete_stops_it(
+    http: aiohttp.ClientSession, database_url: str
+) -> None:
+    async with serve(database_url=database_url) as gateway:
+        cid = await create(http, gateway)
+        url = f"{gateway.url}/v1/conversations/{cid}/messages"
+        response = await http.post(url, json=turn(tokens=words(400), delay=0.02))
+        stream = gateway.relay.get(response.headers["X-Stream-Id"])
+        await _read_tokens(response, 2)
+        async with http.post(url, json=turn("too soon")) as second:
+            refused = second.status, (await second.json())["error"]["code"]
+        async with http.delete(f"{gateway.url}/v1/conversations/{cid}") as deleted:
+            assert deleted.status == 200
+        assert stream.task is not None
+        await asyncio.wait_for(asyncio.shield(stream.task), 5)
+        response.close()
+
+    assert refused == (400, "invalid_request")
+    assert stream.status == "cancelled"
+
+
+async def test_a_stop_mid_reply_stores_it_interrupted_with_its_text(
+    http: aiohttp.ClientSession, database_url: str
+) -> None:
+    async with serve(database_url=database_url) as gateway:
+        cid = await create(http, gateway)
+        url = f"{gateway.url}/v1/conversations/{cid}/messages"
+        response = await http.post(url, json=turn(tokens=words(400), delay=0.02))
+        message_id = response.headers["X-Message-Id"]
+        seen = await _read_tokens(response, 3)
+        # Leaving the block stops the server while the reply streams.
+    response.close()
+    store = await Store.open(database_url)
+    try:
+        reply = await stored_message(store, message_id)
+    finally:
+        await store.close()
+
+    assert (reply.status, reply.error_code) == ("interrupted", "server_shutdown")
+    assert reply.content.startswith(seen) and FULL.startswith(reply.content)
+
+
+async def test_the_reply_is_checkpointed_while_it_streams_at_a_bounded_rate(
+    http: aiohttp.ClientSession, database_url: str
+) -> None:
+    checkpoints = {"checkpoint_interval": 0.25, "checkpoint_tokens": 10_000}
+    async with serve(database_url=database_url, conversations=checkpoints) as gateway:
+        cid = await create(http, gateway)
+        url = f"{gateway.url}/v1/conversations/{cid}/messages"
+        async with http.post(url, json=turn(tokens=words(60), delay=0.025)) as response:
+            message_id = response.headers["X-Message-Id"]
+            recorder = gateway.app.state.conversations.recorders[message_id]
+            frames = read_sse(response)
+            seen = await _read_tokens_from(frames, 12)
+            await asyncio.sleep(0.6)
+            midway = await stored_message(gateway.app.state.store, message_id)
+            [event async for event in frames]
+        by_time = await settled(gateway.app.state.store, message_id)
+        timed_writes = recorder.checkpoints
+
+    async with serve(
+        database_url=database_url,
+        conversations={"checkpoint_interval": 60, "checkpoint_tokens": 10},
+    ) as gateway:
+        cid = await create(http, gateway)
+        url = f"{gateway.url}/v1/conversations/{cid}/messages"
+        async with http.post(url, json=turn(tokens=words(60), delay=0.01)) as response:
+            recorder = gateway.app.state.conversations.recorders[response.headers["X-Message-Id"]]
+            await response.read()
+        counted_writes = recorder.checkpoints
+
+    assert midway.status == "streaming"
+    assert len(seen) <= len(midway.content) < len(by_time.content)
+    assert "".join(words(60)).startswith(midway.content)
+    assert by_time.status == "complete"
+    # 60 tokens over ~1.5 s: a write every 0.25 s, not one per token.
+    assert 2 <= timed_writes <= 10
+    # Every 10 tokens when the clock is slow: at most 60 / 10 writes (fewer if writes lag).
+    assert 2 <= counted_writes <= 6
+
+
+async def test_kill_9_mid_stream_leaves_an_interrupted_message_with_the_checkpointed_text(
+    http: aiohttp.ClientSession, database_url: str, tmp_path: Path
+) -> None:
+    interval = 0.2
+    config = tmp_path / "tokenrelay.toml"
+    config.write_text(
+        '[models.demo]\nprovider = "scripted"\n\n'
+        f"[conversations]\ncheckpoint_interval = {interval}\n"
+    )
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tokenrelay.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--config",
+        str(config),
+        env={**os.environ, "TOKENRELAY_DATABASE_URL": database_url},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        await _until_listening(http, base, process)
+        async with http.post(f"{base}/v1/conversations", json={}) as response:
+            cid = (await response.json())["id"]
+        url = f"{base}/v1/conversations/{cid}/messages"
+        response = await http.post(url, json=turn(tokens=words(400), delay=0.02))
+        message_id = response.headers["X-Message-Id"]
+        received: list[tuple[float, str]] = []
+        text = ""
+        async for event in read_sse(response):
+            if event.event == "token":
+                text += event.json()["text"]
+                received.append((time.monotonic(), text))
+            if received and time.monotonic() - received[0][0] > 1.5:
+                break
+        process.kill()
+        killed_at = time.monotonic()
+        await process.wait()
+        response.close()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+    store = await Store.open(database_url)
+    try:
+        left = await stored_message(store, message_id)
+    finally:
+        await store.close()
+    async with serve(database_url=database_url) as gateway:
+        [_, reply] = await messages(http, gateway, cid)
+
+    assert left.status == "streaming"
+    assert reply["id"] == message_id
+    assert reply["status"] == "interrupted"
+    assert reply["content"] == left.content
+    assert FULL.startswith(reply["content"])
+    # Lost at most the last checkpoint interval (with room for a loaded machine's delays).
+    surely_saved = [seen for at, seen in received if at < killed_at - interval - 0.8]
+    assert surely_saved, "the stream did not run long enough before the kill"
+    assert len(reply["content"]) >= len(surely_saved[-1])
+
+
+async def test_fifty_concurrent_streams_into_one_database_all_persist(
+    http: aiohttp.ClientSession, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="tokenrelay")
+    busy = {"checkpoint_interval": 0.05, "checkpoint_tokens": 2}
+    async with serve(database_url=database_url, conversations=busy) as gateway:
+        cids = await asyncio.gather(*(create(http, gateway) for _ in range(50)))
+        replies = await asyncio.gather(
+            *(
+                post_turn(http, gateway, cid, turn(f"q{i}", tokens=words(20), delay=0.01))
+                for i, cid in enumerate(cids)
+            )
+        )
+        stored = await all_settled(gateway.app.state.store)
+
+    assert all(events[-1].event == "done" for events in replies)
+    expected = "".join(words(20))
+    by_conversation = {cid: [m for m in stored if m.conversation_id == cid] for cid in cids}
+    for i, cid in enumerate(cids):
+        user, assistant = by_conversation[cid]
+        assert (user.role, user.content, user.status) == ("user", f"q{i}", "complete")
+        assert (assistant.content, assistant.status) == (expected, "complete")
+    assert len(stored) == 100
+    problems = [r.getMessage() for r in caplog.records if r.name.startswith("tokenrelay.store")]
+    assert problems == []
+    assert "database is locked" not in caplog.text
+
+
+async def test_models_and_migrations_agree(database_url: str) -> None:
+    def differences(connection: Connection) -> list[object]:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        return list(compare_metadata(context, Base.metadata))
+
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            diff = await connection.run_sync(differences)
+    finally:
+        await engine.dispose()
+    # The version table is alembic's own, not a model.
+    assert [d for d in diff if "tokenrelay_schema_version" not in str(d)] == []
+
+
+async def test_start_on_an_old_or_newer_schema_is_refused_naming_the_upgrade_command(
+    database_url: str,
+) -> None:
+    engine = create_engine(database_url)
+    try:
+        await store_schema.downgrade(engine, "base")
+        with pytest.raises(SchemaOutdated) as empty:
+            await _start_app(database_url)
+        await store_schema.upgrade(engine)
+        async with engine.begin() as connection:
+            await connection.execute(
+                text("UPDATE tokenrelay_schema_version SET version_num = 'ff'")
+            )
+        with pytest.raises(SchemaOutdated) as newer:
+            await _start_app(database_url)
+        async with engine.begin() as connection:
+            await connection.execute(
+                text("UPDATE tokenrelay_schema_version SET version_num = :v"),
+                {"v": store_schema.head()},
+            )
+        await _start_app(database_url)
+    finally:
+        await engine.dispose()
+
+    assert "is empty" in str(empty.value)
+    assert str(empty.value).endswith("upgrade it with: tokenrelay db upgrade")
+    assert "newer than this tokenrelay knows" in str(newer.value)
+
+
+async def test_the_cli_refuses_to_serve_an_empty_database_until_db_upgrade(
+    http: aiohttp.ClientSession,
+    database_url: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    engine = create_engine(database_url)
+    try:
+        await store_schema.downgrade(engine, "base")
+    finally:
+        await engine.dispose()
+    monkeypatch.setenv("TOKENRELAY_DATABASE_URL", database_url)
+    # The CLI runs its own event loop: give it a thread without one.
+    serve_code = await asyncio.to_thread(cli.main, ["serve", "--port", "1"])
+    refused = capsys.readouterr().err
+    upgrade_code = await asyncio.to_thread(cli.main, ["db", "upgrade"])
+    upgraded = capsys.readouterr().out
+    async with serve(database_url=database_url) as gateway:
+        cid = await create(http, gateway)
+
+    assert serve_code == 2
+    assert refused.strip().endswith("upgrade it with: tokenrelay db upgrade")
+    assert upgrade_code == 0
+    assert f"upgraded from empty to schema revision {store_schema.head()}" in upgraded
+    assert cid.startswith("conv_")
+
+
+async def _start_app(database_url: str) -> None:
+    app = create_app(settings(database_url=database_url))
+    async with app.router.lifespan_context(app):
+        pass
+
+
+async def _until_listening(
+    http: aiohttp.ClientSession, base: str, process: asyncio.subprocess.Process
+) -> None:
+    async with asyncio.timeout(30):
+        while True:
+            assert process.returncode is None, "tokenrelay serve exited"
+            try:
+                async with http.get(f"{base}/healthz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.1)
+
+
+async def _read_tokens(response: aiohttp.ClientResponse, count: int) -> str:
+    return await _read_tokens_from(read_sse(response), count)
+
+
+async def _read_tokens_from(frames: object, count: int) -> str:
+    text, tokens = "", 0
+    async for event in frames:  # type: ignore[attr-defined]
+        if event.event == "token":
+            text += event.json()["text"]
+            tokens += 1
+            if tokens >= count:
+                break
+    return text
