@@ -19,7 +19,7 @@ class StreamLog:
         self.events: list[Event] = []
         self.accepted = False
         self.closed = False
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters: list[asyncio.Future[bool]] = []
 
     def __len__(self) -> int:
         return len(self.events)
@@ -51,6 +51,20 @@ class StreamLog:
                 return last
         return None
 
+    def read(self, offset: int, max_chars: int) -> list[Event]:
+        """The events past ``offset`` carrying about ``max_chars`` of text (at least one event).
+
+        A reader far behind takes its backlog in slices, so each of its writes stays small:
+        one write of everything pending would copy the whole output into its socket buffer.
+        """
+        end, size = offset, 0
+        while end < len(self.events) and size < max_chars:
+            event = self.events[end]
+            if isinstance(event, TextDelta):
+                size += len(event.text)
+            end += 1
+        return self.events[offset:end]
+
     def text(self) -> str:
         return "".join(e.text for e in self.events if isinstance(e, TextDelta))
 
@@ -62,18 +76,23 @@ class StreamLog:
         """
         if len(self.events) > offset or self.closed:
             return True
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
         self._waiters.append(waiter)
+        # A bare timer on the future: asyncio.timeout costs several times more, once per token.
+        timer = None if timeout is None else loop.call_later(timeout, _expire, waiter)
+        woken = False
         try:
-            async with asyncio.timeout(timeout):
-                await waiter
-        except TimeoutError:
-            return False
+            woken = await waiter
         finally:
-            if not waiter.done():
+            if timer is not None:
+                timer.cancel()
+            if not woken:
                 waiter.cancel()
-                self._waiters.remove(waiter)
-        return True
+                # Unless a wake has already taken the list it was in.
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        return woken
 
     async def wait_committed(self, timeout: float | None = None) -> bool:
         while not self.committed:
@@ -85,7 +104,12 @@ class StreamLog:
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             if not waiter.done():
-                waiter.set_result(None)
+                waiter.set_result(True)
+
+
+def _expire(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
 
 
 def coalesce(events: list[Event], first_id: int) -> list[tuple[int, Event]]:

@@ -6,17 +6,33 @@ import asyncio
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol
 
 from tokenrelay import errors
 from tokenrelay.chat import ChatRequest
 from tokenrelay.config import Settings, Timeouts
 from tokenrelay.events import Accepted, Failed, Finish, ProviderEvent, Queued, TextDelta
 from tokenrelay.providers.base import Provider
+from tokenrelay.relay.deadline import Deadline
 from tokenrelay.relay.stream import Stream
 
 logger = logging.getLogger("tokenrelay.relay")
 
 FinishHook = Callable[[Stream], Awaitable[None]]
+
+
+class Admitted(Protocol):
+    """Admission's yes: bound to the stream it let in, or voided if none starts."""
+
+    def bind(self, stream: Stream) -> None: ...
+
+    def void(self) -> None: ...
+
+
+class Admission(Protocol):
+    """Whether ``owner`` may start ``request`` now (rate, concurrency, budget; see limits)."""
+
+    async def admit(self, request: ChatRequest, owner: str | None) -> Admitted: ...
 
 
 def _worth_falling_back(exc: errors.TokenRelayError) -> bool:
@@ -39,6 +55,7 @@ class Relay:
         self.providers = providers
         self.streams: dict[str, Stream] = {}
         self.finish_hooks: list[FinishHook] = []
+        self.admission: Admission | None = None
         self.started_total = 0
         self._closing = False
 
@@ -48,17 +65,42 @@ class Relay:
             raise errors.NotFound(f"model {name!r} does not exist; GET /v1/models lists them")
         return name, self.providers[name]
 
-    def start(
+    async def admit(self, request: ChatRequest, owner: str | None) -> Admitted | None:
+        """Ask admission whether ``owner`` may start ``request``; it raises if not."""
+        self.provider_for(request.model)
+        return None if self.admission is None else await self.admission.admit(request, owner)
+
+    async def open(
         self, request: ChatRequest, *, owner: str | None = None, linger: float = 0.0
     ) -> Stream:
-        if self._closing:
-            raise errors.ServerShutdown("the server is shutting down")
-        name, _ = self.provider_for(request.model)
+        """Admit, then :meth:`start`: how a client's request starts a stream."""
+        admitted = await self.admit(request, owner)
+        return self.start(request, owner=owner, linger=linger, admitted=admitted)
+
+    def start(
+        self,
+        request: ChatRequest,
+        *,
+        owner: str | None = None,
+        linger: float = 0.0,
+        admitted: Admitted | None = None,
+    ) -> Stream:
+        """Start a generation now; without ``admitted`` it is not counted against anyone."""
+        try:
+            if self._closing:
+                raise errors.ServerShutdown("the server is shutting down")
+            name, _ = self.provider_for(request.model)
+        except BaseException:
+            if admitted is not None:
+                admitted.void()
+            raise
         request.model = name
         stream = Stream(new_stream_id(), name, owner=owner, linger=linger)
         self.streams[stream.id] = stream
         self.started_total += 1
         stream.task = asyncio.create_task(self._run(stream, request), name=stream.id)
+        if admitted is not None:
+            admitted.bind(stream)
         return stream
 
     def get(self, stream_id: str, owner: str | None = None) -> Stream:
@@ -128,18 +170,19 @@ class Relay:
         got_text = False
         queued = False
         events: AsyncIterator[ProviderEvent] = provider.stream(request)
+        deadline = Deadline(min(total_deadline, token_deadline))
         try:
             while True:
-                deadline = min(total_deadline, token_deadline)
+                deadline.move(min(total_deadline, token_deadline))
                 try:
-                    async with asyncio.timeout_at(deadline) as scope:
-                        event = await anext(events)
+                    event = await anext(events)
                 except StopAsyncIteration:
                     break
-                except TimeoutError:
-                    if not scope.expired():
+                except asyncio.CancelledError:
+                    if not deadline.expired():
                         raise
-                    raise self._timeout(deadline == total_deadline, got_text, limits) from None
+                    total = deadline.when == total_deadline
+                    raise self._timeout(total, got_text, limits) from None
                 match event:
                     case TextDelta():
                         if not event.text:
@@ -165,6 +208,7 @@ class Relay:
                         log.append(event)
             raise errors.UpstreamError("the provider ended without a finish")
         finally:
+            deadline.disarm()
             aclose = getattr(events, "aclose", None)
             if aclose is not None:
                 await aclose()

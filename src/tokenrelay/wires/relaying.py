@@ -7,15 +7,18 @@ runs, so when the last viewer of a stateless stream leaves, the generation is ca
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any, Protocol
 
+from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from tokenrelay import errors
 from tokenrelay.config import StreamSettings
 from tokenrelay.events import Event, Failed
+from tokenrelay.relay.deadline import Deadline
 from tokenrelay.relay.stream import Stream
 from tokenrelay.wires.http import error_response
 
@@ -26,6 +29,8 @@ SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 PING = b": ping\n\n"
+# A slow reader's socket buffer holds at most about this much text beyond the transport's own.
+MAX_WRITE_CHARS = 16 * 1024
 
 
 class Encoder(Protocol):
@@ -73,8 +78,13 @@ class WatchDisconnect:
         return False
 
 
-async def send_error_before_start(send: Send, exc: errors.TokenRelayError, scope: Scope) -> None:
-    response = error_response(exc)
+ErrorRenderer = Callable[[errors.TokenRelayError], Response]
+
+
+async def send_error_before_start(
+    send: Send, exc: errors.TokenRelayError, scope: Scope, render: ErrorRenderer = error_response
+) -> None:
+    response = render(exc)
     await response(scope, _no_receive, send)
 
 
@@ -93,11 +103,13 @@ class EventStreamResponse:
         *,
         offset: int = 0,
         headers: Mapping[str, str] | None = None,
+        render_error: ErrorRenderer = error_response,
     ) -> None:
         self.stream = stream
         self.encoder = encoder
         self.settings = settings
         self.offset = offset
+        self.render_error = render_error
         self.headers = [*SSE_HEADERS] + [
             (k.lower().encode(), v.encode()) for k, v in (headers or {}).items()
         ]
@@ -110,7 +122,7 @@ class EventStreamResponse:
                 await stream.log.wait_committed()
                 failed = stream.log.error_before_start
                 if failed is not None and self.offset <= 1:
-                    await send_error_before_start(send, failed.error, scope)
+                    await send_error_before_start(send, failed.error, scope, self.render_error)
                     return
                 await send({"type": "http.response.start", "status": 200, "headers": self.headers})
                 await self._follow(send)
@@ -119,44 +131,54 @@ class EventStreamResponse:
 
     async def _follow(self, send: Send) -> None:
         log = self.stream.log
-        timeout = self.settings.send_timeout
         ping_interval = self.settings.ping_interval
         offset = self.offset
-        while True:
-            if len(log.events) > offset:
-                batch = log.events[offset:]
-                data = self.encoder.encode(batch, offset + 1)
-                offset += len(batch)
-                if data and not await _send_within(send, data, timeout):
+        deadline = Deadline()
+        try:
+            while True:
+                if len(log.events) > offset:
+                    batch = log.read(offset, MAX_WRITE_CHARS)
+                    data = self.encoder.encode(batch, offset + 1)
+                    offset += len(batch)
+                    if data and not await self._send_within(send, data, deadline):
+                        return
+                    continue
+                if log.closed:
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
                     return
-                continue
-            if log.closed:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-                return
-            if not await log.wait(offset, ping_interval) and not await _send_within(
-                send, PING, timeout
-            ):
-                return
+                if not await log.wait(offset, ping_interval) and not await self._send_within(
+                    send, PING, deadline
+                ):
+                    return
+        finally:
+            deadline.disarm()
 
-
-async def _send_within(send: Send, data: bytes, timeout: float) -> bool:
-    """Send ``data``; False when the client has stopped reading for ``timeout`` seconds."""
-    try:
-        async with asyncio.timeout(timeout):
+    async def _send_within(self, send: Send, data: bytes, deadline: Deadline) -> bool:
+        """Send ``data``; False when the client has stopped reading for the send timeout."""
+        loop = asyncio.get_running_loop()
+        deadline.move(loop.time() + self.settings.send_timeout)
+        try:
             await send({"type": "http.response.body", "body": data, "more_body": True})
-    except TimeoutError:
-        return False
-    return True
+        except asyncio.CancelledError:
+            if deadline.expired():
+                return False
+            raise
+        deadline.move(math.inf)
+        return True
 
 
 class CollectedResponse:
     """Wait for the whole generation, then answer once (``stream: false`` clients)."""
 
     def __init__(
-        self, stream: Stream, render: Callable[[Stream], Awaitable[tuple[int, bytes]]]
+        self,
+        stream: Stream,
+        render: Callable[[Stream], Awaitable[tuple[int, bytes]]],
+        render_error: ErrorRenderer = error_response,
     ) -> None:
         self.stream = stream
         self.render = render
+        self.render_error = render_error
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         stream = self.stream
@@ -167,7 +189,7 @@ class CollectedResponse:
                     await stream.log.wait(len(stream.log.events))
                 last = stream.log.events[-1]
                 if isinstance(last, Failed):
-                    await send_error_before_start(send, last.error, scope)
+                    await send_error_before_start(send, last.error, scope, self.render_error)
                     return
                 status, body = await self.render(stream)
                 await send(
