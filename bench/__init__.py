@@ -1,0 +1,1 @@
+"""``make bench``: tokenrelay's speed on loopback, beside calling the upstream directly."""

@@ -1,0 +1,178 @@
+"""The results as a table for people and as JSON for machines."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+Row = tuple[str, str, dict[str, float | None]]
+"""(label, target, value per column name)."""
+
+_DASH = "—"
+
+
+def _ratio(value: float | None, base: float | None) -> str:
+    if value is None or base is None or base == 0:
+        return _DASH
+    return f"{value / base:.2f}x"
+
+
+def _cell(value: float | None, fmt: Callable[[float], str]) -> str:
+    return _DASH if value is None else fmt(value)
+
+
+def table(results: dict[str, Any]) -> str:
+    columns: list[str] = results["columns"]
+    labels: dict[str, str] = results["labels"]
+    sections: list[tuple[str, Callable[[float], str], list[Row]]] = []
+
+    ttft = results.get("ttft")
+    if ttft:
+        direct = ttft.get("direct", {})
+
+        def added(name: str, key: str) -> float | None:
+            here, base = ttft.get(name, {}).get(key), direct.get(key)
+            return None if here is None or base is None or name == "direct" else here - base
+
+        sections.append(
+            (
+                f"time to first token, {ttft['direct']['requests']} requests one at a time (ms)",
+                lambda v: f"{v:.2f}",
+                [
+                    ("p50", "", {c: ttft.get(c, {}).get("p50_ms") for c in columns}),
+                    ("p99", "", {c: ttft.get(c, {}).get("p99_ms") for c in columns}),
+                    ("added p50", "< 1 ms", {c: added(c, "p50_ms") for c in columns}),
+                    ("added p99", "", {c: added(c, "p99_ms") for c in columns}),
+                ],
+            )
+        )
+
+    cpu = results.get("cpu")
+    if cpu:
+        rows: list[Row] = []
+        for level in cpu:
+            per = {c: cpu[level].get(c, {}).get("cpu_s_per_1k_tokens") for c in columns}
+            some = next(iter(cpu[level].values()))
+            rows.append((f"{level} streams x {some['tokens_per_stream']} tokens", "≤ 0.025", per))
+        sections.append(
+            ("CPU-s per 1,000 tokens (direct: the upstream's own CPU)", lambda v: f"{v:.4f}", rows)
+        )
+        rows = []
+        for level in cpu:
+            rate = {c: cpu[level].get(c, {}).get("tokens_per_s") for c in columns}
+            rows.append((f"{level} streams", "", rate))
+        sections.append(("tokens/s delivered (wall clock)", lambda v: f"{v:,.0f}", rows))
+
+    slow = results.get("slow")
+    if slow:
+        some = next(iter(slow.values()))
+        n = some["streams"]
+        head = (
+            f"{n:,} streams x {some['tokens_per_stream']} tokens at one per "
+            f"{some['interval_s']:g} s; on time = within {some['tolerance_ms']:.0f} ms of schedule"
+        )
+        sections.append(
+            (
+                head,
+                lambda v: f"{v:,.0f}",
+                [
+                    (
+                        "streams all on time",
+                        f"{n:,}",
+                        {c: slow.get(c, {}).get("streams_on_time") for c in columns},
+                    ),
+                    (
+                        "tokens on time",
+                        f"{some['tokens_expected']:,}",
+                        {c: slow.get(c, {}).get("tokens_on_time") for c in columns},
+                    ),
+                    (
+                        "lateness p99 (ms)",
+                        "",
+                        {c: slow.get(c, {}).get("lateness_p99_ms") for c in columns},
+                    ),
+                    (
+                        "  first tokens only",
+                        "",
+                        {c: slow.get(c, {}).get("first_token_lateness_p99_ms") for c in columns},
+                    ),
+                    (
+                        "  after the first (vs its pace)",
+                        "",
+                        {c: slow.get(c, {}).get("steady_lateness_p99_ms") for c in columns},
+                    ),
+                ],
+            )
+        )
+        kb = {c: _kb(slow.get(c, {}).get("bytes_per_stream")) for c in columns}
+        sections.append(
+            (
+                "memory per open stream, KB (direct: the upstream's own)",
+                lambda v: f"{v:.1f}",
+                [("RSS growth / streams", "< 20 KB", kb)],
+            )
+        )
+
+    header = ["", "target"]
+    for column in columns:
+        header.append(labels[column])
+        if column != "direct":
+            header.append("x direct")
+    lines: list[list[str]] = []
+    for title, fmt, rows in sections:
+        lines.append([title])
+        for label, goal, values in rows:
+            line = ["  " + label, goal]
+            for column in columns:
+                line.append(_cell(values.get(column), fmt))
+                if column != "direct":
+                    line.append(_ratio(values.get(column), values.get("direct")))
+            lines.append(line)
+    widths = [0] * len(header)
+    for line in [header, *(line for line in lines if len(line) > 1)]:
+        for i, cell in enumerate(line):
+            widths[i] = max(widths[i], len(cell))
+    out = [_fmt(header, widths)]
+    for line in lines:
+        out.append(line[0] if len(line) == 1 else _fmt(line, widths))
+    return "\n".join(out)
+
+
+def notes(results: dict[str, Any]) -> list[str]:
+    """How to read the table, and anything that went wrong."""
+    out = [
+        "direct = the same client calling the fake upstream itself; x direct = column / direct.",
+        "CPU = utime + stime of that one process, from /proc/<pid>/stat (clock ticks), over the",
+        "whole run of each row, opening and closing the streams included.",
+    ]
+    problems: list[str] = []
+    for section in ("ttft", "slow"):
+        for name, row in (results.get(section) or {}).items():
+            if row.get("failed"):
+                problems.append(f"{section} via {name}: {row['failed']} requests failed")
+    for level, rows in (results.get("cpu") or {}).items():
+        for name, row in rows.items():
+            if row.get("failed"):
+                problems.append(f"cpu at {level} via {name}: {row['failed']} streams failed")
+    for name, row in (results.get("slow") or {}).items():
+        if row.get("bytes_per_stream") is None:
+            problems.append(f"slow via {name}: never saw all streams open at once (no memory)")
+    return out + [f"WARNING: {p}" for p in problems]
+
+
+def _fmt(cells: list[str], widths: list[int]) -> str:
+    first = cells[0].ljust(widths[0])
+    rest = [cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True)]
+    return "  ".join([first, *rest]).rstrip()
+
+
+def _kb(value: float | None) -> float | None:
+    return None if value is None else value / 1024
+
+
+def write_json(results: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
