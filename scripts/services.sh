@@ -3,7 +3,12 @@
 set -euo pipefail
 
 need_apt=()
-command -v nginx >/dev/null || need_apt+=(nginx-light)
+[ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+if ((${#need_apt[@]})) && [ "$(id -u)" != 0 ]; then
+    echo "services: not root, so not installing ${need_apt[*]}; their tests will skip" >&2
+    need_apt=()
+fi
 if ((${#need_apt[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq

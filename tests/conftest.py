@@ -1,12 +1,88 @@
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
+import asyncpg
 import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from tokenrelay.store import schema
+from tokenrelay.store.engine import create_engine
+
+# The server the PostgreSQL store tests run on; each run makes (and drops) its own database.
+POSTGRES_ADMIN = os.environ.get(
+    "TOKENRELAY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
+)
 
 
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+async def upgraded(url: str) -> str:
+    engine = create_engine(url)
+    try:
+        await schema.upgrade(engine)
+    finally:
+        await engine.dispose()
+    return url
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def default_database(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    """Gateways started by tests store into this SQLite file unless a test names another."""
+    url = await upgraded(f"sqlite:///{tmp_path_factory.mktemp('db') / 'tokenrelay.db'}")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TOKENRELAY_DATABASE_URL", url)
+        # Tests of other features run keyless, subprocesses too; auth tests turn it back on.
+        patch.setenv("TOKENRELAY_AUTH__ENABLED", "false")
+        yield url
+
+
+@pytest.fixture(scope="session")
+async def postgres_database() -> AsyncIterator[str]:
+    """A database of its own on the PostgreSQL server, so concurrent runs never collide."""
+    name = f"tokenrelay_test_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(POSTGRES_ADMIN)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield make_url(POSTGRES_ADMIN).set(database=name).render_as_string(hide_password=False)
+    finally:
+        admin = await asyncpg.connect(POSTGRES_ADMIN)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_backend(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    # Synchronous, so it may ask for the session's PostgreSQL database only when needed.
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    url: str = request.getfixturevalue("postgres_database")
+    return url
+
+
+@pytest.fixture
+async def database_url(store_backend: str) -> str:
+    """An empty store at the current schema, on each backend."""
+    url = await upgraded(store_backend)
+    if url.startswith("postgresql"):
+        engine = create_engine(url)
+        try:
+            async with engine.begin() as connection:
+                await connection.execute(text("TRUNCATE messages, conversations"))
+        finally:
+            await engine.dispose()
+    return url

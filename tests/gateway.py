@@ -57,6 +57,7 @@ def free_socket() -> socket.socket:
 
 def settings(**overrides: Any) -> Settings:
     """Settings for a test; ``models`` defaults to the scripted ``demo`` model."""
+    overrides.setdefault("models", {"demo": {"provider": "scripted"}})
     return load_settings(**overrides)
 
 
@@ -71,6 +72,7 @@ async def serve(config: Settings | None = None, **overrides: Any) -> AsyncIterat
         while not server.started:
             if task.done():
                 task.result()
+                raise RuntimeError("the gateway did not start (its startup failed)")
             await asyncio.sleep(0.01)
         port = sock.getsockname()[1]
         yield Gateway(url=f"http://127.0.0.1:{port}", app=app, server=server)

@@ -324,17 +324,19 @@ async def test_a_key_in_the_address_is_kept_sent_as_bearer_and_removed(browser: 
     async with serve() as gateway, chat_page(browser, gateway, bypass_csp=False) as page:
         console: list[str] = []
         page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
-        sent: list[str | None] = []
-        page.on(
-            "request",
-            lambda request: (
-                sent.append(request.headers.get("authorization")) if "/v1/" in request.url else None
-            ),
-        )
+        requests: list[Any] = []
+        page.on("request", lambda request: requests.append(request))
         await page.goto(gateway.url + "/?key=sk-test-123")
         await page.wait_for_selector("#model option", state="attached", timeout=WAIT_MS)
         assert page.url == gateway.url + "/"
         assert await page.evaluate("localStorage.getItem('tokenrelay.key')") == '"sk-test-123"'
+        # ``request.headers`` can be provisional and lack Authorization; all_headers() is what
+        # went on the wire.
+        sent = [
+            (await request.all_headers()).get("authorization")
+            for request in requests
+            if "/v1/" in request.url
+        ]
         assert sent and all(header == "Bearer sk-test-123" for header in sent)
 
         # A server that refuses the key: the page asks for another.
@@ -352,7 +354,8 @@ async def test_a_key_in_the_address_is_kept_sent_as_bearer_and_removed(browser: 
         await page.fill("#key-input", "sk-other")
         await page.keyboard.press("Enter")
         await page.wait_for_selector("#model option", state="attached", timeout=WAIT_MS)
-        assert sent[-1] == "Bearer sk-other"
+        last = [request for request in requests if "/v1/" in request.url][-1]
+        assert (await last.all_headers()).get("authorization") == "Bearer sk-other"
         # Under the page's own Content-Security-Policy nothing was refused but the 401.
         assert [c for c in console if "401" not in c] == []
 

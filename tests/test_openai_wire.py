@@ -48,7 +48,9 @@ async def test_sync_sdk_streams_text_and_a_final_usage_chunk() -> None:
 async def test_async_sdk_streams_without_usage_unless_asked() -> None:
     async with serve() as gateway, _async_client(gateway.url) as client:
         stream = await client.chat.completions.create(
-            model="demo", messages=HELLO, stream=True  # type: ignore[arg-type]
+            model="demo",
+            messages=HELLO,
+            stream=True,  # type: ignore[arg-type]
         )
         chunks = [chunk async for chunk in stream]
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "You said: hello there"
@@ -59,7 +61,9 @@ async def test_async_sdk_streams_without_usage_unless_asked() -> None:
 async def test_non_streaming_completion_has_message_and_usage() -> None:
     async with serve() as gateway, _async_client(gateway.url) as client:
         completion = await client.chat.completions.create(
-            model="demo", messages=HELLO, max_tokens=2  # type: ignore[arg-type]
+            model="demo",
+            messages=HELLO,
+            max_tokens=2,  # type: ignore[arg-type]
         )
     assert completion.choices[0].message.content == "You said:"
     assert completion.choices[0].finish_reason == "length"
@@ -90,7 +94,9 @@ async def test_unknown_model_is_a_404_not_found() -> None:
     async with serve() as gateway, _async_client(gateway.url) as client:
         with pytest.raises(openai.NotFoundError) as caught:
             await client.chat.completions.create(
-                model="nope", messages=HELLO, stream=True  # type: ignore[arg-type]
+                model="nope",
+                messages=HELLO,
+                stream=True,  # type: ignore[arg-type]
             )
     assert caught.value.code == "not_found"
 

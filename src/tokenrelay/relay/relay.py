@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Protocol
 
 from tokenrelay import errors
@@ -13,6 +13,7 @@ from tokenrelay.chat import ChatRequest
 from tokenrelay.config import Settings, Timeouts
 from tokenrelay.events import Accepted, Failed, Finish, ProviderEvent, Queued, TextDelta
 from tokenrelay.providers.base import Provider
+from tokenrelay.relay import retry
 from tokenrelay.relay.deadline import Deadline
 from tokenrelay.relay.stream import Stream
 
@@ -35,16 +36,6 @@ class Admission(Protocol):
     async def admit(self, request: ChatRequest, owner: str | None) -> Admitted: ...
 
 
-def _worth_falling_back(exc: errors.TokenRelayError) -> bool:
-    return isinstance(
-        exc,
-        errors.UpstreamUnavailable
-        | errors.UpstreamRateLimited
-        | errors.UpstreamError
-        | errors.UpstreamTimeout,
-    )
-
-
 def new_stream_id() -> str:
     return "str_" + secrets.token_urlsafe(16)
 
@@ -58,6 +49,7 @@ class Relay:
         self.admission: Admission | None = None
         self.started_total = 0
         self._closing = False
+        self._background: set[asyncio.Task[None]] = set()
 
     def provider_for(self, model: str | None) -> tuple[str, Provider]:
         name = model or self.settings.default_model
@@ -99,6 +91,7 @@ class Relay:
         self.streams[stream.id] = stream
         self.started_total += 1
         stream.task = asyncio.create_task(self._run(stream, request), name=stream.id)
+        stream.task.add_done_callback(lambda _: self._ended_unrun(stream))
         if admitted is not None:
             admitted.bind(stream)
         return stream
@@ -121,32 +114,37 @@ class Relay:
         if tasks:
             await asyncio.wait(tasks, timeout=grace)
 
-    def _candidates(self, model: str) -> list[Provider]:
-        primary = self.providers[model]
-        fallbacks = [self.providers[name] for name in primary.config.fallbacks]
-        return [primary, *fallbacks]
-
     async def _run(self, stream: Stream, request: ChatRequest) -> None:
         log = stream.log
-        candidates = self._candidates(stream.model)
+        loop = asyncio.get_running_loop()
+        # One total limit for the stream, however many upstreams it takes.
+        total_deadline = loop.time() + self.settings.timeouts.total
         try:
-            for attempt, provider in enumerate(candidates, start=1):
+            plan = retry.attempts(self.providers[stream.model], self.providers)
+            attempt = next(plan)
+            while True:
                 try:
-                    await self._relay(stream, provider, request)
+                    await self._relay(stream, attempt.provider, request, total_deadline)
+                    logger.info(
+                        "stream %s attempt %d on %s: ok",
+                        stream.id,
+                        attempt.number,
+                        attempt.provider.model_name,
+                    )
                     break
                 except errors.TokenRelayError as exc:
                     logger.warning(
-                        "stream %s attempt %d/%d on %s failed: %s",
+                        "stream %s attempt %d on %s: %s",
                         stream.id,
-                        attempt,
-                        len(candidates),
-                        provider.model_name,
+                        attempt.number,
+                        attempt.provider.model_name,
                         exc.code,
                     )
-                    # Never switch models once the client has seen text from this one.
+                    # Never switch or repeat once the client has seen text from this stream.
                     sent_text = any(isinstance(e, TextDelta) for e in log.events)
-                    if attempt == len(candidates) or sent_text or not _worth_falling_back(exc):
+                    if sent_text or not retry.worth_retrying(exc):
                         raise
+                    attempt = await self._next_attempt(plan, exc, total_deadline)
         except errors.TokenRelayError as exc:
             log.append(Failed(exc))
         except asyncio.CancelledError:
@@ -159,13 +157,30 @@ class Relay:
                 log.append(Failed(errors.UpstreamError("the provider ended without finishing")))
             await self._finished(stream)
 
-    async def _relay(self, stream: Stream, provider: Provider, request: ChatRequest) -> None:
+    @staticmethod
+    async def _next_attempt(
+        plan: Iterator[retry.Attempt], failure: errors.TokenRelayError, total_deadline: float
+    ) -> retry.Attempt:
+        """The next try after ``failure`` (after its wait); re-raises it when none is left."""
+        loop = asyncio.get_running_loop()
+        for attempt in plan:
+            wait = retry.wait_before(attempt, failure)
+            if wait is None:
+                continue
+            if loop.time() + wait >= total_deadline:
+                break
+            await asyncio.sleep(wait)
+            return attempt
+        raise failure
+
+    async def _relay(
+        self, stream: Stream, provider: Provider, request: ChatRequest, total_deadline: float
+    ) -> None:
         """Append one provider's events to the log under the four time limits."""
         log = stream.log
         limits: Timeouts = self.settings.timeouts
         loop = asyncio.get_running_loop()
         started = loop.time()
-        total_deadline = started + limits.total
         token_deadline = started + limits.first_token
         got_text = False
         queued = False
@@ -220,6 +235,15 @@ class Relay:
         if got_text:
             return errors.IdleTimeout(f"no token for {limits.idle}s")
         return errors.FirstTokenTimeout(f"no first token within {limits.first_token}s")
+
+    def _ended_unrun(self, stream: Stream) -> None:
+        """A task cancelled before its first step never runs ``_run``: end its log here."""
+        if stream.log.closed:
+            return
+        stream.log.append(Failed(stream.cancel_reason or errors.Cancelled("cancelled")))
+        finishing = asyncio.get_running_loop().create_task(self._finished(stream))
+        self._background.add(finishing)
+        finishing.add_done_callback(self._background.discard)
 
     async def _finished(self, stream: Stream) -> None:
         for hook in self.finish_hooks:

@@ -20,14 +20,11 @@ MAX_WAIT = 10.0
 
 
 def worth_retrying(exc: errors.TokenRelayError) -> bool:
-    """Connect failures, upstream 429s and 5xx, and timeouts: the next try may well work."""
-    return isinstance(
-        exc,
-        errors.UpstreamUnavailable
-        | errors.UpstreamRateLimited
-        | errors.UpstreamError
-        | errors.UpstreamTimeout,
-    )
+    """Connect failures, upstream 5xx and 429s: the next try may well work.
+
+    Time limits are not retried: the client has already waited the whole limit once.
+    """
+    return isinstance(exc, errors.UpstreamUnavailable | errors.UpstreamRateLimited)
 
 
 @dataclass(slots=True, frozen=True)

@@ -63,7 +63,7 @@ async def start_stream(request: Request) -> EventStreamResponse:
     settings = relay.settings
     body = validate(ChatFields, await read_json(request, settings.limits.max_body_bytes))
     chat = body.to_request(settings.limits)
-    stream = relay.start(
+    stream = await relay.open(
         chat, owner=request.scope.get("user"), linger=settings.streams.resume_grace
     )
     return EventStreamResponse(

@@ -132,7 +132,7 @@ async def chat_completions(request: Request) -> Response | EventStreamResponse |
     chat = body.to_request(
         settings.limits, max_tokens=body.max_completion_tokens or body.max_tokens
     )
-    stream = relay.start(chat, owner=request.scope.get("user"), linger=0)
+    stream = await relay.open(chat, owner=request.scope.get("user"), linger=0)
     if not body.stream:
         return CollectedResponse(stream, render_completion)
     include_usage = body.stream_options is not None and body.stream_options.include_usage

@@ -37,7 +37,7 @@ async def chat_stream(request: Request) -> EventStreamResponse:
     relay: Relay = request.app.state.relay
     settings = relay.settings
     body = validate(ChatFields, await read_json(request, settings.limits.max_body_bytes))
-    stream = relay.start(body.to_request(settings.limits), owner=request.scope.get("user"))
+    stream = await relay.open(body.to_request(settings.limits), owner=request.scope.get("user"))
     return EventStreamResponse(
         stream, SeedEncoder(), settings.streams, offset=1, headers={"X-Stream-Id": stream.id}
     )

@@ -2,7 +2,8 @@
 
 In (JSON text frames)::
 
-    {"content": "...", "model"?, "max_tokens"?, "temperature"?, "script"?}   a new turn
+    {"content": "...", "model"?, "max_tokens"?, "temperature"?, "script"?,
+     "conversation_id"?}                                                  a new turn
     {"type": "cancel"}                                                    stop the reply
     {"type": "resume", "stream_id": "...", "last_event_id": n}            re-attach after a drop
     {"type": "ping"}
@@ -11,6 +12,10 @@ Out: ``stream``, ``queued``, ``token`` (``content``), ``usage``, ``done`` and ``
 (``code``, ``message``) messages, each with the ``id`` of its event in the stream, so a client
 that reconnects can ``resume`` from the last id it saw. Earlier turns on the socket are sent as
 context, oldest dropped first once they pass ``limits.ws_history_max_chars``.
+
+With a ``conversation_id`` (on the turn, or ``?conversation_id=`` for the whole socket) the
+turn is a stored one instead: the conversation's history is the context, and both messages
+are saved as ``POST /v1/conversations/{id}/messages`` saves them.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from tokenrelay import errors
 from tokenrelay.chat import ChatRequest, Message
+from tokenrelay.conversations import Conversations
+from tokenrelay.conversations import Turn as StoredTurn
 from tokenrelay.events import Event, Failed, Finish, Opened, Queued, TextDelta, Usage
 from tokenrelay.relay import Relay, Stream
 from tokenrelay.relay.log import coalesce
@@ -38,6 +45,7 @@ class Turn(BaseModel):
     type: Literal["message"] = "message"
     content: str
     model: str | None = None
+    conversation_id: str | None = None
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     script: dict[str, Any] | None = None
@@ -83,6 +91,7 @@ class ChatSocket:
         self.relay = relay
         self.settings = relay.settings
         self.owner: str | None = websocket.scope.get("user")
+        self.conversation_id = websocket.query_params.get("conversation_id")
         self.history: list[Message] = []
         self.follower: asyncio.Task[None] | None = None
         self.current: Stream | None = None
@@ -129,6 +138,15 @@ class ChatSocket:
     async def start(self, turn: Turn) -> None:
         if self.follower is not None and not self.follower.done():
             raise errors.InvalidRequest("a reply is still streaming; cancel it first")
+        conversation_id = turn.conversation_id or self.conversation_id
+        if conversation_id is not None:
+            conversations: Conversations = self.websocket.app.state.conversations
+            stored = StoredTurn(
+                turn.content, turn.model, turn.max_tokens, turn.temperature, script=turn.script
+            )
+            started = await conversations.take_turn(self.owner, conversation_id, stored)
+            self._follow(started.stream, 0, turn=None)
+            return
         limits = self.settings.limits
         user = Message(role="user", content=turn.content)
         messages = [*self.history, user]
@@ -141,7 +159,7 @@ class ChatSocket:
             temperature=turn.temperature,
             script=turn.script,
         )
-        stream = self.relay.start(
+        stream = await self.relay.open(
             request, owner=self.owner, linger=self.settings.streams.resume_grace
         )
         self._follow(stream, 0, turn=user)

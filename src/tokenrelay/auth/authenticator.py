@@ -1,0 +1,109 @@
+"""Turn a presented credential into a :class:`~tokenrelay.auth.identity.Principal`, or refuse.
+
+Every refusal is the same :class:`~tokenrelay.errors.Unauthorized`, whatever was wrong (no
+such key, revoked, expired, bad signature, wrong audience): telling them apart would tell an
+attacker which guess came closest. A token that cannot be a key or a JWT is refused without
+touching the database. The database failing is not the caller's fault and is never described
+to them: it is logged and answered 503.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from tokenrelay import errors
+from tokenrelay.auth import keys
+from tokenrelay.auth.identity import Principal
+from tokenrelay.auth.tokens import MAX_SUBJECT, JWTVerifier
+from tokenrelay.config import AuthSettings, Quota
+from tokenrelay.store.accounts import Accounts, KeyRecord
+from tokenrelay.store.models import utcnow
+
+logger = logging.getLogger("tokenrelay.auth")
+
+MAX_TOKEN_CHARS = 8_192
+
+
+@dataclass(slots=True)
+class _Cached:
+    record: KeyRecord
+    until: float
+
+
+def refused() -> errors.Unauthorized:
+    return errors.Unauthorized("a valid API key or bearer token is required")
+
+
+def unavailable() -> errors.LimiterUnavailable:
+    return errors.LimiterUnavailable(
+        "the gateway cannot check credentials right now; try again shortly", retry_after=1
+    )
+
+
+class Authenticator:
+    def __init__(self, settings: AuthSettings, accounts: Accounts) -> None:
+        self.settings = settings
+        self.accounts = accounts
+        self.jwt = JWTVerifier(settings) if settings.jwt_configured else None
+        self._keys: dict[str, _Cached] = {}
+        self._known_users: set[str] = set()
+
+    async def authenticate(self, token: str | None) -> Principal:
+        if not token or len(token) > MAX_TOKEN_CHARS:
+            raise refused()
+        if token.startswith(keys.PREFIX):
+            return await self._by_key(token)
+        if self.jwt is not None and token.count(".") == 2:
+            return await self._by_jwt(token)
+        raise refused()
+
+    def forget_keys(self) -> None:
+        """Drop every cached key (after a revocation, so it takes effect at once here)."""
+        self._keys.clear()
+
+    async def _by_key(self, token: str) -> Principal:
+        if not keys.well_formed(token):
+            raise refused()
+        digest = keys.hash_key(token)
+        now = time.monotonic()
+        cached = self._keys.get(digest)
+        if cached is not None and cached.until > now:
+            record = cached.record
+        else:
+            try:
+                found = await self.accounts.key_by_hash(digest)
+            except Exception:
+                logger.exception("looking up an API key failed")
+                raise unavailable() from None
+            if found is None or not keys.matches(token, found.key_hash):
+                raise refused()
+            record = found
+            if self.settings.key_cache_ttl > 0:
+                self._keys[digest] = _Cached(record, now + self.settings.key_cache_ttl)
+        # Checked on every use, cached or not: a key expires on time.
+        if not record.usable(utcnow()):
+            raise refused()
+        return Principal(
+            user=record.owner,
+            scopes=frozenset(record.scopes),
+            key_id=record.id,
+            limits=Quota.model_validate(record.limits),
+        )
+
+    async def _by_jwt(self, token: str) -> Principal:
+        assert self.jwt is not None
+        claims = self.jwt.verify(token)
+        if claims.subject not in self._known_users:
+            try:
+                await self.accounts.ensure_user(claims.subject)
+            except Exception:
+                logger.exception("recording a new user failed")
+                raise unavailable() from None
+            self._known_users.add(claims.subject)
+        return Principal(user=claims.subject, scopes=claims.scopes)
+
+
+def valid_user_name(name: str) -> bool:
+    return 0 < len(name) <= MAX_SUBJECT and name.isprintable() and name.strip() == name

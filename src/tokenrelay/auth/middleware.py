@@ -1,0 +1,224 @@
+"""The ASGI middleware in front of every route: who is calling, and may they.
+
+HTTP: ``Authorization: Bearer <key or JWT>`` (and ``x-api-key`` on Anthropic's ``/v1/messages``,
+as its SDKs send it). ``/healthz``, ``/readyz`` and the page's files are open; ``/v1/admin/…``
+and ``/metrics`` need the ``admin`` scope, everything else ``chat``.
+
+WebSocket: the ``Origin`` is checked first (RFC 6455 §10.2: browsers send one, and a page on
+another site must not drive a socket with the user's reach); then a bearer header is checked
+at the handshake (a refusal is a 401 there), or, as browsers cannot set headers on a
+WebSocket, the socket is accepted and its first message must be ``{"type": "auth", "token":
+…}`` within ``auth.ws_auth_timeout`` (a refusal is a close with 1008).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tokenrelay import errors
+from tokenrelay.auth.authenticator import Authenticator, refused
+from tokenrelay.auth.identity import Principal, current
+from tokenrelay.config import AuthSettings
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})
+OPEN_PREFIXES = ("/static/",)
+ADMIN_PATHS = frozenset({"/metrics", "/v1/admin"})
+ADMIN_PREFIXES = ("/v1/admin/",)
+ANTHROPIC_PREFIX = "/v1/messages"
+MAX_AUTH_MESSAGE = 16_384
+
+
+def needs_scope(path: str) -> str | None:
+    """The scope a path needs, or None for the open ones."""
+    if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+        return None
+    if path in ADMIN_PATHS or path.startswith(ADMIN_PREFIXES):
+        return "admin"
+    return "chat"
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def credential(scope: Scope) -> str | None:
+    authorization = _header(scope, b"authorization")
+    if authorization is not None:
+        scheme, _, token = authorization.strip().partition(" ")
+        return token.strip() if scheme.lower() == "bearer" else None
+    if scope["type"] == "http" and scope["path"].startswith(ANTHROPIC_PREFIX):
+        return _header(scope, b"x-api-key")
+    return None
+
+
+class AuthMiddleware:
+    def __init__(self, app: ASGIApp, settings: AuthSettings) -> None:
+        self.app = app
+        self.settings = settings
+        self.origins = {origin.rstrip("/").lower() for origin in settings.allowed_origins}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    def _authenticator(self, scope: Scope) -> Authenticator:
+        authenticator: Authenticator = scope["app"].state.authenticator
+        return authenticator
+
+    async def _check(self, scope: Scope, token: str | None) -> Principal:
+        principal = await self._authenticator(scope).authenticate(token)
+        scope_needed = needs_scope(scope["path"]) or "chat"
+        if not principal.allows(scope_needed):
+            raise errors.Forbidden(f"this key lacks the {scope_needed!r} scope")
+        return principal
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.settings.enabled or needs_scope(scope["path"]) is None:
+            await self.app(scope, receive, send)
+            return
+        try:
+            principal = await self._check(scope, credential(scope))
+        except errors.TokenRelayError as exc:
+            await _refuse_http(scope, send, exc)
+            return
+        await self._as(principal, scope, receive, send)
+
+    async def _as(self, principal: Principal, scope: Scope, receive: Receive, send: Send) -> None:
+        scope = {**scope, "user": principal.user, "scopes": sorted(principal.scopes)}
+        token = current.set(principal)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            current.reset(token)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self._origin_allowed(scope):
+            await _refuse_handshake(scope, receive, send, errors.Forbidden("origin not allowed"))
+            return
+        if not self.settings.enabled:
+            await self.app(scope, receive, send)
+            return
+        token = credential(scope)
+        if token is not None:
+            try:
+                principal = await self._check(scope, token)
+            except errors.TokenRelayError as exc:
+                await _refuse_handshake(scope, receive, send, exc)
+                return
+            await self._as(principal, scope, receive, send)
+            return
+        await self._first_message(scope, receive, send)
+
+    async def _first_message(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (await receive())["type"] != "websocket.connect":
+            return
+        await send({"type": "websocket.accept"})
+        try:
+            async with asyncio.timeout(self.settings.ws_auth_timeout):
+                message = await receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            principal = await self._check(scope, _auth_token(message))
+        except TimeoutError:
+            await _close(send, refused())
+            return
+        except errors.TokenRelayError as exc:
+            await _close(send, exc)
+            return
+        # The app accepts the socket as usual; it is already open, so that accept is dropped.
+        replay: list[Message] = [{"type": "websocket.connect"}]
+
+        async def replayed() -> Message:
+            return replay.pop() if replay else await receive()
+
+        async def accepted(message: Message) -> None:
+            if message["type"] != "websocket.accept":
+                await send(message)
+
+        await self._as(principal, scope, replayed, accepted)
+
+    def _origin_allowed(self, scope: Scope) -> bool:
+        origin = _header(scope, b"origin")
+        if origin is None:
+            # Not a browser: the Origin check protects browsers' users, and others send none.
+            return True
+        origin = origin.rstrip("/").lower()
+        if "*" in self.origins or origin in self.origins:
+            return True
+        host = (_header(scope, b"host") or "").lower()
+        parts = urlsplit(origin)
+        return parts.scheme in ("http", "https") and bool(host) and parts.netloc == host
+
+
+def _auth_token(message: Message) -> str | None:
+    raw = message.get("text") or message.get("bytes") or b""
+    if len(raw) > MAX_AUTH_MESSAGE:
+        return None
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict) or data.get("type") != "auth":
+        return None
+    token = data.get("token")
+    return token if isinstance(token, str) else None
+
+
+def _error_body(scope: Scope, exc: errors.TokenRelayError) -> bytes:
+    if scope["path"].startswith(ANTHROPIC_PREFIX):
+        return orjson.dumps(exc.to_anthropic_payload())
+    return orjson.dumps(exc.to_payload())
+
+
+def _error_headers(exc: errors.TokenRelayError, body: bytes) -> Iterable[tuple[bytes, bytes]]:
+    yield b"content-type", b"application/json"
+    yield b"content-length", str(len(body)).encode()
+    if isinstance(exc, errors.Unauthorized):
+        # RFC 6750 §3: say which scheme, and nothing about what was wrong.
+        yield b"www-authenticate", b'Bearer realm="tokenrelay"'
+    for name, value in exc.headers().items():
+        yield name.lower().encode(), value.encode()
+
+
+async def _refuse_http(scope: Scope, send: Send, exc: errors.TokenRelayError) -> None:
+    body = _error_body(scope, exc)
+    headers = list(_error_headers(exc, body))
+    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _refuse_handshake(
+    scope: Scope, receive: Receive, send: Send, exc: errors.TokenRelayError
+) -> None:
+    if (await receive())["type"] != "websocket.connect":
+        return
+    if "websocket.http.response" in scope.get("extensions", {}):
+        body = _error_body(scope, exc)
+        headers = list(_error_headers(exc, body))
+        await send(
+            {"type": "websocket.http.response.start", "status": exc.status, "headers": headers}
+        )
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        # A close before the accept is refused with a bare 403 by the server.
+        await send({"type": "websocket.close", "code": exc.ws_close_code})
+
+
+async def _close(send: Send, exc: errors.TokenRelayError) -> None:
+    # 1008 (policy violation) for a refusal; 1013 (try again later) when the check failed.
+    code = 1008 if isinstance(exc, errors.Unauthorized | errors.Forbidden) else 1013
+    with contextlib.suppress(Exception):
+        await send({"type": "websocket.close", "code": code, "reason": exc.code})
