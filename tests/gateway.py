@@ -66,7 +66,10 @@ async def serve(config: Settings | None = None, **overrides: Any) -> AsyncIterat
     config = config or settings(**overrides)
     app = create_app(config)
     sock = free_socket()
-    server = _QuietServer(uvicorn_config(app, config, log_level="warning"))
+    server = _QuietServer(
+        uvicorn_config(app, config, log_level="warning"),
+        send_timeout=config.streams.send_timeout,
+    )
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         while not server.started:

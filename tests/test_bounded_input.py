@@ -207,3 +207,13 @@ async def test_wrong_method_is_405_json(
     async with http.request(method, gateway.url + path) as response:
         assert method in await error_of(response, 405)
         assert "Allow" in response.headers
+
+
+@pytest.mark.parametrize("value", [True, "12", 1.5])
+async def test_regression_max_tokens_must_be_a_real_integer(
+    http: aiohttp.ClientSession, value: object
+) -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": value}
+    async with serve() as gateway, http.post(f"{gateway.url}/chat/stream", json=body) as response:
+        assert response.status == 400
+        assert "max_tokens" in (await response.json())["error"]["message"]

@@ -407,3 +407,13 @@ def test_the_embedded_model_is_the_default_when_its_extra_is_installed() -> None
     assert configured.default_model == "smollm2"
     assert configured.models["smollm2"].provider == "local"
     assert configured.models["demo"].provider == "scripted"
+
+
+async def test_context_fitting_uses_the_models_own_window_and_tokenizer(
+    provider: LocalProvider,
+) -> None:
+    count = provider.token_counter()
+    assert count is not None
+    assert provider.context_window == 1024  # the loaded n_ctx, not a default
+    assert count("hello") == 1
+    assert count("Supercalifragilisticexpialidocious 🐉") > 5

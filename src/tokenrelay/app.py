@@ -46,6 +46,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
                     name: build_provider(name, config, context)
                     for name, config in settings.models.items()
                 }
+                # Warm up in the background: a large model must not hold back /healthz.
+                preparing = [asyncio.create_task(p.prepare()) for p in providers.values()]
                 app.state.relay = Relay(settings, providers)
                 app.state.store = store
                 app.state.conversations = Conversations(store, app.state.relay, settings)
@@ -60,6 +62,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 try:
                     yield
                 finally:
+                    for task in preparing:
+                        task.cancel()
                     await app.state.relay.shutdown()
                     await app.state.conversations.aclose()
                     await gate.aclose()

@@ -69,7 +69,10 @@ def serve_forever(settings: Settings, first_key: str | None = None) -> int:
     from tokenrelay.app import create_app
     from tokenrelay.server import GatewayServer, uvicorn_config
 
-    server = GatewayServer(uvicorn_config(create_app(settings), settings, loop="uvloop"))
+    server = GatewayServer(
+        uvicorn_config(create_app(settings), settings, loop="uvloop"),
+        send_timeout=settings.streams.send_timeout,
+    )
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     print(f"tokenrelay is listening on http://{host}:{settings.port}/", flush=True)
     if first_key is not None:

@@ -18,12 +18,36 @@ class GatewayServer(uvicorn.Server):
     event.
     """
 
+    def __init__(self, config: uvicorn.Config, *, send_timeout: float = 30.0) -> None:
+        super().__init__(config)
+        self.send_timeout = send_timeout
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        if sockets is None:
+            self.config.load()
+            sockets = [self.config.bind_socket()]
+        for sock in sockets:
+            abort_stuck_clients(sock, self.send_timeout)
+        await super().serve(sockets)
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         app = self.config.loaded_app
         relay = getattr(getattr(_unwrap(app), "state", None), "relay", None)
         if relay is not None:
             await relay.shutdown()
         await super().shutdown(sockets)
+
+
+def abort_stuck_clients(sock: socket.socket, send_timeout: float) -> None:
+    """Abort connections whose peer stops reading for ``send_timeout`` (Linux).
+
+    After a send timeout the app lets go of a response, but uvicorn closes the connection
+    gracefully, which waits on a peer that never reads. TCP_USER_TIMEOUT (inherited by accepted
+    sockets) makes the kernel abort it instead of holding its buffers until TCP gives up.
+    """
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if option is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, option, max(1, int(send_timeout * 1000)))
 
 
 def _unwrap(app: object) -> object:

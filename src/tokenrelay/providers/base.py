@@ -65,6 +65,9 @@ class Provider(abc.ABC):
     def stream(self, request: ChatRequest) -> AsyncIterator[ProviderEvent]:
         """Yield the events of one generation; see the module docstring for the contract."""
 
+    async def prepare(self) -> None:  # noqa: B027 - most providers have nothing to load.
+        """Load ahead what the first request would otherwise wait for; must not raise."""
+
     async def aclose(self) -> None:  # noqa: B027 - most providers own nothing to close.
         """Release what the provider owns; called once at shutdown."""
 

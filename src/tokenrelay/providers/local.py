@@ -34,7 +34,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -383,13 +383,38 @@ class LocalProvider(Provider):
             return f"the model file {self.path} does not exist"
         return None
 
+    def _model(self) -> LoadedModel | None:
+        """The loaded model, or None while it is not (yet) loaded."""
+        loading = self._loading
+        if loading is None or not loading.done() or loading.cancelled() or loading.exception():
+            return None
+        return loading.result()
+
     @property
     def tokens_decoded(self) -> int:
         """Tokens the model has produced so far, over every generation."""
-        loading = self._loading
-        if loading is None or not loading.done() or loading.cancelled() or loading.exception():
-            return 0
-        return loading.result().decoded
+        model = self._model()
+        return 0 if model is None else model.decoded
+
+    @property
+    def context_window(self) -> int | None:
+        model = self._model()
+        return model.n_ctx if model is not None else self.config.context_window
+
+    def token_counter(self) -> Callable[[str], int] | None:
+        model = self._model()
+        if model is None:
+            return None
+        llama = model.llama
+        # Tokenizing is a short C call that only reads the vocabulary: fine on the event loop,
+        # and exact where an estimate would overfill this small model's window.
+        return lambda text: len(llama.tokenize(text.encode(), add_bos=False, special=False))
+
+    async def prepare(self) -> None:
+        try:
+            await self.warm_up()
+        except errors.TokenRelayError as exc:
+            logger.warning("model %s is not available: %s", self.model_name, exc.message)
 
     async def warm_up(self) -> LoadedModel:
         """Load the model (once, on the worker thread) and return it."""

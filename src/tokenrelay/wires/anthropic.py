@@ -78,7 +78,7 @@ class MessagesBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str
-    max_tokens: int = Field(ge=1)
+    max_tokens: int = Field(ge=1, strict=True)
     messages: list[InputMessage] = Field(min_length=1)
     system: str | list[TextBlock] | None = None
     stream: bool = False

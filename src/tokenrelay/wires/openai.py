@@ -33,7 +33,7 @@ class StreamOptions(BaseModel):
 class CompletionBody(ChatFields):
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, strict=True)
     n: int = Field(default=1, ge=1, le=1)
 
 

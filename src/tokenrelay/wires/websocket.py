@@ -37,6 +37,7 @@ from tokenrelay.relay import Relay, Stream
 from tokenrelay.relay.log import coalesce
 from tokenrelay.wires.body import check_max_tokens, check_messages
 from tokenrelay.wires.http import parse_json, validate
+from tokenrelay.wires.relaying import MAX_WRITE_CHARS
 
 
 class Turn(BaseModel):
@@ -46,7 +47,7 @@ class Turn(BaseModel):
     content: str
     model: str | None = None
     conversation_id: str | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, strict=True)
     temperature: float | None = Field(default=None, ge=0, le=2)
     script: dict[str, Any] | None = None
 
@@ -176,7 +177,7 @@ class ChatSocket:
         try:
             while True:
                 if len(log.events) > offset:
-                    batch = log.events[offset:]
+                    batch = log.read(offset, MAX_WRITE_CHARS)
                     for event_id, event in coalesce(batch, offset + 1):
                         await self.send(to_message(event_id, event))
                     offset += len(batch)
