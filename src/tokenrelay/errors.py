@@ -32,6 +32,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from pydantic import ValidationError
+
 
 class TokenRelayError(Exception):
     code: ClassVar[str] = "upstream_error"
@@ -201,3 +203,11 @@ BY_CODE: dict[str, type[TokenRelayError]] = {
 def from_code(code: str, message: str, *, retry_after: float | None = None) -> TokenRelayError:
     """Build the error class named by ``code``; unknown codes become ``upstream_error``."""
     return BY_CODE.get(code, UpstreamError)(message, retry_after=retry_after)
+
+
+def invalid_request(exc: ValidationError, prefix: str = "") -> InvalidRequest:
+    """A pydantic failure as a 400 naming the first offending field (``prefix`` before it)."""
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    where = ".".join(part for part in (prefix, where) if part) or "body"
+    return InvalidRequest(f"{where}: {first['msg']}")

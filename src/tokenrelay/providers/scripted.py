@@ -57,9 +57,7 @@ def parse_script(*layers: dict[str, object] | None) -> Script:
     try:
         return Script.model_validate(merged)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(part) for part in first["loc"]) or "script"
-        raise errors.InvalidRequest(f"script.{key}: {first['msg']}") from None
+        raise errors.invalid_request(exc, "script") from None
 
 
 def _tokens(script: Script, request: ChatRequest) -> list[str]:

@@ -41,19 +41,27 @@ class WireMessage(BaseModel):
         return "".join(part.text for part in self.content)
 
 
-class ChatFields(BaseModel):
-    """Fields shared by the OpenAI, native and seed-style wires."""
+class GenerationOptions(BaseModel):
+    """How to generate: the options every wire that starts a stream accepts."""
 
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
-    messages: list[WireMessage]
     max_tokens: int | None = Field(default=None, ge=1, strict=True)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     stop: str | list[str] | None = None
     seed: int | None = None
     script: dict[str, Any] | None = None
+
+    def stop_list(self) -> list[str] | None:
+        return [self.stop] if isinstance(self.stop, str) else self.stop
+
+
+class ChatFields(GenerationOptions):
+    """Fields shared by the OpenAI, native and seed-style wires."""
+
+    messages: list[WireMessage]
 
     def to_request(self, limits: Limits, *, max_tokens: int | None = None) -> ChatRequest:
         messages = [
@@ -63,14 +71,13 @@ class ChatFields(BaseModel):
         check_messages(messages, limits)
         tokens = max_tokens if max_tokens is not None else self.max_tokens
         check_max_tokens(tokens, limits)
-        stop = [self.stop] if isinstance(self.stop, str) else self.stop
         return ChatRequest(
             model=self.model or "",
             messages=messages,
             max_tokens=tokens,
             temperature=self.temperature,
             top_p=self.top_p,
-            stop=stop,
+            stop=self.stop_list(),
             seed=self.seed,
             script=self.script,
         )

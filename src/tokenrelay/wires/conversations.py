@@ -23,6 +23,7 @@ from tokenrelay import errors
 from tokenrelay.conversations import Conversations, Turn
 from tokenrelay.relay import Relay
 from tokenrelay.store.repository import ConversationRecord, MessageRecord, Page, Store
+from tokenrelay.wires.body import GenerationOptions
 from tokenrelay.wires.http import JSONResponse, read_json, validate
 from tokenrelay.wires.native import NativeEncoder
 from tokenrelay.wires.relaying import EventStreamResponse
@@ -45,27 +46,19 @@ class ConversationChanges(BaseModel):
     model: str | None = None
 
 
-class NewMessage(BaseModel):
+class NewMessage(GenerationOptions):
     model_config = ConfigDict(extra="forbid")
 
     content: str = Field(min_length=1)
-    model: str | None = None
-    max_tokens: int | None = Field(default=None, ge=1, strict=True)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, ge=0, le=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    script: dict[str, Any] | None = None
 
     def to_turn(self) -> Turn:
-        stop = [self.stop] if isinstance(self.stop, str) else self.stop
         return Turn(
             content=self.content,
             model=self.model,
             max_tokens=self.max_tokens,
             temperature=self.temperature,
             top_p=self.top_p,
-            stop=stop,
+            stop=self.stop_list(),
             seed=self.seed,
             script=self.script,
         )

@@ -57,6 +57,4 @@ def validate(model: type[Model], data: Any) -> Model:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "body"
-        raise errors.InvalidRequest(f"{where}: {first['msg']}") from None
+        raise errors.invalid_request(exc) from None
