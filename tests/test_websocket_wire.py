@@ -197,3 +197,14 @@ async def test_resume_of_an_unknown_stream_is_not_found() -> None:
         error = await receive(ws)
 
     assert (error["type"], error["code"]) == ("error", "not_found")
+
+
+async def test_an_auth_message_on_an_authenticated_socket_is_accepted_silently() -> None:
+    # Clients that always send {"type": "auth"} first (the browser library) must not get an
+    # error when the server needs no key or already has one from the handshake.
+    async with serve() as gateway, chat(gateway) as ws:
+        await send(ws, {"type": "auth", "token": "anything"})
+        await send(ws, {"content": "hi"})
+        messages = await reply(ws)
+    assert messages[0]["type"] == "stream"
+    assert text_of(messages) == "You said: hi"

@@ -48,16 +48,27 @@ async function waitHealthy(url, child, deadline) {
 }
 
 /** The gateway under test: `{url, close()}`. */
-export async function startGateway() {
-  if (process.env.TOKENRELAY_URL) {
+export async function startGateway({ auth = false } = {}) {
+  if (process.env.TOKENRELAY_URL && !auth) {
     return { url: process.env.TOKENRELAY_URL.replace(/\/$/, ""), close: async () => {} };
   }
   const bin = process.env.TOKENRELAY_BIN ?? join(ROOT, ".venv", "bin", "tokenrelay");
   const folder = mkdtempSync(join(tmpdir(), "tokenrelay-js-"));
   const config = join(folder, "tokenrelay.toml");
   writeFileSync(config, CONFIG);
-  const env = { ...process.env, TOKENRELAY_DATABASE_URL: `sqlite:///${join(folder, "t.db")}` };
+  const env = {
+    ...process.env,
+    TOKENRELAY_DATABASE_URL: `sqlite:///${join(folder, "t.db")}`,
+    TOKENRELAY_AUTH__ENABLED: auth ? "true" : "false",
+  };
   execFileSync(bin, ["db", "upgrade", "--config", config], { env, stdio: "ignore" });
+  // `keys create` prints the new key alone on its first line.
+  const key = auth
+    ? execFileSync(bin, ["keys", "create", "--owner", "js", "--config", config], { env })
+        .toString()
+        .split("\n")[0]
+        .trim()
+    : null;
   const port = await freePort();
   const child = spawn(bin, ["serve", "--config", config, "--port", String(port)], {
     env,
@@ -72,6 +83,7 @@ export async function startGateway() {
   }
   return {
     url,
+    key,
     close: async () => {
       const exited = new Promise((r) => child.once("exit", r));
       child.kill("SIGTERM");

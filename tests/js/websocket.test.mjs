@@ -109,3 +109,26 @@ test("an error before the reply starts ends the turn with that error", { skip },
     chat.close();
   }
 });
+
+test("with auth on, the token option authenticates the socket", { skip }, async () => {
+  const secured = await startGateway({ auth: true });
+  try {
+    const refused = connectChat({ url: wsUrl(secured.url), retry: { retries: 0 } });
+    const denied = await collect(refused.send({ content: "hi", model: "demo" }));
+    assert.notEqual(denied.result.status, "complete");
+    refused.close();
+
+    const chat = connectChat({ url: wsUrl(secured.url), token: secured.key });
+    try {
+      const { result } = await collect(
+        chat.send({ content: "hi", model: "demo", script: { text: "let in" } }),
+      );
+      assert.equal(result.status, "complete");
+      assert.equal(result.text, "let in");
+    } finally {
+      chat.close();
+    }
+  } finally {
+    await secured.close();
+  }
+});

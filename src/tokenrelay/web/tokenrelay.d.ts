@@ -141,6 +141,8 @@ export declare function streamChat(options: StreamChatOptions): ChatStream;
 export interface ConnectChatOptions {
   /** `ws://host/ws/chat` (add `?conversation_id=` to store the turns). */
   url: string;
+  /** An API key or JWT, sent as the first `{"type": "auth"}` message of every connection. */
+  token?: string;
   protocols?: string | string[];
   retry?: RetryOptions;
   /** A WebSocket constructor, for runtimes without a global one. */

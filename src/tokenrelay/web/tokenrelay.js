@@ -537,6 +537,10 @@ export class ChatSocket {
       const Impl = this.#options.WebSocket ?? globalThis.WebSocket;
       const socket = new Impl(this.#options.url, this.#options.protocols);
       socket.onopen = () => {
+        // Browsers cannot set headers on a WebSocket: the key goes in the first message.
+        if (this.#options.token) {
+          socket.send(JSON.stringify({ type: "auth", token: this.#options.token }));
+        }
         this.#socket = socket;
         this.#opening = null;
         resolve(socket);

@@ -131,6 +131,9 @@ class ChatSocket:
             self._follow(stream, resume.last_event_id, turn=None)
         elif kind == "ping":
             await self.send({"type": "pong"})
+        elif kind == "auth":
+            # Already authenticated (by header, or auth is off): clients may always send it.
+            return
         else:
             raise errors.InvalidRequest(
                 "expected a JSON object with content, or type cancel, resume or ping"
