@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import aiohttp
@@ -349,6 +350,39 @@ async def test_a_500_turn_conversation_is_fitted_to_the_window_newest_turns_firs
     assert 10 < kept < 400
     # The store still holds every message: fitting never alters the history.
     assert stored == 1 + 1000 + 2
+
+
+async def test_dropped_turns_can_be_replaced_by_a_summary_the_model_writes(
+    http: aiohttp.ClientSession, database_url: str
+) -> None:
+    window = 1024
+    models = {"small": {"provider": "scripted", "context_window": window}}
+    summaries = {"summarize_dropped": True, "summary_tokens": 16}
+    async with serve(database_url=database_url, models=models, conversations=summaries) as gw:
+        cid = await create(http, gw, system="You are terse.")
+        history = [
+            (role, f"{role[0]}{i:03d} " + "lorem ipsum " * 5)
+            for i in range(200)
+            for role in ("user", "assistant")
+        ]
+        await store_of(gw).add_messages(cid, history, model="small")
+        events = await post_turn(http, gw, cid, turn("the newest question", echo="history"))
+        stored = await messages_count(http, gw, cid)
+
+    assert events[-1].event == "done"
+    received = [part.split(": ", 1) for part in text_of(events).split(" | ")]
+    assert received[0] == ["system", "You are terse."]
+    role, summary = received[1]
+    # The scripted model "summarizes" by echoing the start of the dropped transcript it got.
+    assert role == "system"
+    assert re.match(
+        r"Summary of the earlier conversation: You said: (User: u|Assistant: a)\d{3} ", summary
+    )
+    kept = received[2:-1]
+    assert kept == [[r, c] for r, c in history[-len(kept) :]]
+    assert 2 < len(kept) < 200
+    assert received[-1] == ["user", "the newest question"]
+    assert stored == 1 + 400 + 2
 
 
 async def messages_count(http: aiohttp.ClientSession, gateway: Gateway, cid: str) -> int:

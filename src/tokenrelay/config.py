@@ -194,6 +194,10 @@ class ConversationSettings(_Strict):
     reply_reserve: int = Field(default=1_024, gt=0)
     # The model that writes titles from the first exchange; without one, the first user line.
     title_model: str | None = None
+    # Replace the turns that no longer fit the window with a summary the model writes of them
+    # (one extra generation per turn while the history overflows; off by default).
+    summarize_dropped: bool = False
+    summary_tokens: int = Field(default=256, ge=16, le=4_096)
 
 
 def default_models() -> dict[str, ModelConfig]:

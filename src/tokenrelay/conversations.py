@@ -18,7 +18,7 @@ from typing import Any
 from tokenrelay import errors
 from tokenrelay.chat import ChatRequest, Message, Role
 from tokenrelay.config import Settings
-from tokenrelay.context import ContextFitter, estimate_tokens
+from tokenrelay.context import MESSAGE_OVERHEAD, ContextFitter, estimate_tokens
 from tokenrelay.providers.base import Provider
 from tokenrelay.relay import Relay, Stream
 from tokenrelay.store.recorder import Recorder
@@ -30,6 +30,14 @@ logger = logging.getLogger("tokenrelay.conversations")
 TITLE_CHARS = 80
 # Quote marks, backticks and markdown a model may wrap a title in.
 QUOTES = "\"'`*# \u2018\u2019\u201c\u201d"
+
+SUMMARY_PROMPT = (
+    "Summarize the conversation below in a few sentences, keeping names, facts, decisions "
+    "and open questions. Answer with the summary only."
+)
+SUMMARY_PREFIX = "Summary of the earlier conversation: "
+# The summary covers at most this many of the newest dropped messages.
+SUMMARY_MAX_MESSAGES = 200
 
 TITLE_PROMPT = (
     "Write a short title (at most six words) for the conversation below. "
@@ -152,21 +160,64 @@ class Conversations:
         settings = self.settings.conversations
         window = provider.context_window or settings.default_context_window
         reserve = max_tokens if max_tokens is not None else min(settings.reply_reserve, window // 4)
+        summarize = settings.summarize_dropped
+        summary_room = settings.summary_tokens + MESSAGE_OVERHEAD if summarize else 0
         fitter = ContextFitter(
-            budget=window - reserve,
+            budget=window - reserve - summary_room,
             count=provider.token_counter() or estimate_tokens,
-            max_messages=self.settings.limits.max_messages,
+            max_messages=self.settings.limits.max_messages - (1 if summarize else 0),
         )
         system = await self.store.system_messages(conversation_id)
         fitter.start([Message(role="system", content=m.content) for m in system], new)
+        dropped: list[Message] = []
         async with contextlib.aclosing(self.store.history(conversation_id)) as history:
             async for record in history:
                 if not record.content:
                     continue
                 role: Role = "assistant" if record.role == "assistant" else "user"
-                if not fitter.add(Message(role=role, content=record.content)):
+                message = Message(role=role, content=record.content)
+                if fitter.add(message):
+                    continue
+                if not summarize or len(dropped) >= SUMMARY_MAX_MESSAGES:
                     break
-        return fitter.messages()
+                dropped.append(message)
+        messages = fitter.messages()
+        if dropped:
+            summary = await self._summarize(provider.model_name, dropped[::-1], window)
+            if summary:
+                note = Message(role="system", content=f"{SUMMARY_PREFIX}{summary}")
+                messages.insert(len(fitter.system), note)
+        return messages
+
+    async def _summarize(self, model: str, dropped: list[Message], window: int) -> str | None:
+        """The model's summary of ``dropped`` (oldest first), or None if it could not write one."""
+        # Characters of transcript the summarizing request can hold (estimate_tokens: <= 3 a
+        # token); when even the dropped part overflows, its newest whole messages are kept.
+        room = max(1, window - self.settings.conversations.summary_tokens - 64) * 3
+        lines: list[str] = []
+        for message in reversed(dropped):
+            line = f"{message.role.title()}: {message.content}"
+            room -= len(line.encode()) + 2
+            if room < 0 and lines:
+                break
+            lines.append(line)
+        transcript = "\n\n".join(reversed(lines))
+        request = ChatRequest(
+            model=model,
+            messages=[
+                Message(role="system", content=SUMMARY_PROMPT),
+                Message(role="user", content=transcript),
+            ],
+            max_tokens=self.settings.conversations.summary_tokens,
+            temperature=0.2,
+        )
+        stream = self.relay.start(request)
+        assert stream.task is not None
+        await stream.task
+        if stream.status != "complete":
+            logger.info("no summary of %d dropped messages: %s", len(dropped), stream.status)
+            return None
+        return stream.log.text().strip() or None
 
     def live(self, conversation_id: str) -> Stream | None:
         stream = self._live.get(conversation_id)
