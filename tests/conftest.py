@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from tokenrelay.store import schema
+from tests.processes import upgraded
 from tokenrelay.store.engine import create_engine
 
 # The server the PostgreSQL store tests run on; each run makes (and drops) its own database.
@@ -24,15 +24,6 @@ POSTGRES_ADMIN = os.environ.get(
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
-
-
-async def upgraded(url: str) -> str:
-    engine = create_engine(url)
-    try:
-        await schema.upgrade(engine)
-    finally:
-        await engine.dispose()
-    return url
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -10,8 +10,6 @@ import asyncio
 import base64
 import hashlib
 import json
-import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -35,11 +33,11 @@ from tests.credentials import (
     secured,
     with_jwt,
 )
-from tests.gateway import Gateway, free_socket, serve
+from tests.gateway import Gateway, serve
+from tests.processes import serve_process, upgraded
 from tokenrelay import cli
 from tokenrelay.auth.bootstrap import RefuseToServe, first_run_key
 from tokenrelay.config import load_settings
-from tokenrelay.store import schema
 from tokenrelay.store.accounts import api_keys, users
 from tokenrelay.store.engine import create_engine
 
@@ -434,25 +432,13 @@ async def test_the_first_loopback_start_makes_one_admin_key_and_prints_its_link(
     http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     url = await _fresh_database(tmp_path)
-    with free_socket() as sock:
-        port = sock.getsockname()[1]
-    env = os.environ | {"TOKENRELAY_DATABASE_URL": url, "TOKENRELAY_AUTH__ENABLED": "true"}
+    env = {"TOKENRELAY_DATABASE_URL": url, "TOKENRELAY_AUTH__ENABLED": "true"}
     config = tmp_path / "tokenrelay.toml"
     config.write_text('[models.demo]\nprovider = "scripted"\n')
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tokenrelay.cli",
-        "serve",
-        "--port",
-        str(port),
-        "--config",
-        str(config),
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
+    async with serve_process(
+        config, env=env, stdout=asyncio.subprocess.PIPE, graceful=True
+    ) as served:
+        process, port = served.process, served.port
         assert process.stdout is not None
         link = ""
         async with asyncio.timeout(30):
@@ -460,21 +446,11 @@ async def test_the_first_loopback_start_makes_one_admin_key_and_prints_its_link(
                 link = (await process.stdout.readline()).decode().strip()
                 assert link or process.returncode is None, "tokenrelay serve exited"
         key = link.rsplit("?key=", 1)[1]
-        async with asyncio.timeout(30):
-            while True:
-                try:
-                    async with http.get(f"http://127.0.0.1:{port}/healthz") as response:
-                        if response.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.1)
-        async with http.get(f"http://127.0.0.1:{port}/v1/admin/keys", headers=bearer(key)) as r:
+        await served.until_listening(http)
+        async with http.get(f"{served.url}/v1/admin/keys", headers=bearer(key)) as r:
             keys = (await r.json())["data"]
-        async with http.get(f"http://127.0.0.1:{port}/v1/models") as response:
+        async with http.get(f"{served.url}/v1/models") as response:
             anonymous = response.status
-    finally:
-        process.terminate()
-        await process.wait()
     second_start = await first_run_key(
         load_settings(database_url=url, auth={"enabled": True}, host="127.0.0.1")
     )
@@ -537,13 +513,7 @@ async def test_keys_made_listed_and_revoked_on_the_command_line(
 
 
 async def _fresh_database(folder: Path) -> str:
-    url = f"sqlite:///{folder / 'auth.db'}"
-    engine = create_engine(url)
-    try:
-        await schema.upgrade(engine)
-    finally:
-        await engine.dispose()
-    return url
+    return await upgraded(f"sqlite:///{folder / 'auth.db'}")
 
 
 async def _rows(url: str, query: Any) -> list[tuple[Any, ...]]:

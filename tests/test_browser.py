@@ -19,9 +19,8 @@ from typing import Any
 import pytest
 
 from tests.gateway import Gateway, serve
+from tests.processes import upgraded
 from tokenrelay.events import Failed, TextDelta
-from tokenrelay.store import schema
-from tokenrelay.store.engine import create_engine
 
 playwright_api = pytest.importorskip("playwright.async_api")
 
@@ -132,13 +131,7 @@ async def until(check: Callable[[], bool], within: float = 5.0) -> None:
 
 
 async def fresh_database(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'page.db'}"
-    engine = create_engine(url)
-    try:
-        await schema.upgrade(engine)
-    finally:
-        await engine.dispose()
-    return url
+    return await upgraded(f"sqlite:///{tmp_path / 'page.db'}")
 
 
 SHOWCASE = (

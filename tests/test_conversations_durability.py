@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +17,8 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from tests.gateway import free_socket, read_sse, serve, settings
+from tests.gateway import Gateway, read_sse, serve, settings
+from tests.processes import serve_process
 from tests.stored import (
     all_settled,
     create,
@@ -33,7 +32,7 @@ from tests.stored import (
 )
 from tokenrelay import cli
 from tokenrelay.app import create_app
-from tokenrelay.store import SchemaOutdated, Store
+from tokenrelay.store import MessageRecord, SchemaOutdated, Store
 from tokenrelay.store import schema as store_schema
 from tokenrelay.store.engine import create_engine
 from tokenrelay.store.models import Base
@@ -65,13 +64,7 @@ async def test_a_reply_the_client_left_is_complete_when_it_ran_to_its_end(
     http: aiohttp.ClientSession, database_url: str
 ) -> None:
     async with serve(database_url=database_url, streams={"resume_grace": 5}) as gateway:
-        cid = await create(http, gateway)
-        url = f"{gateway.url}/v1/conversations/{cid}/messages"
-        response = await http.post(url, json=turn(tokens=words(30), delay=0.02))
-        message_id = response.headers["X-Message-Id"]
-        seen = await _read_tokens(response, 3)
-        response.close()
-        reply = await settled(gateway.app.state.store, message_id)
+        seen, reply = await _leave_after_three_tokens(http, gateway, words(30))
 
     assert FULL.startswith(seen) and seen
     assert reply.status == "complete"
@@ -83,13 +76,7 @@ async def test_a_reply_nobody_came_back_for_is_cancelled_with_its_partial_text(
     http: aiohttp.ClientSession, database_url: str
 ) -> None:
     async with serve(database_url=database_url, streams={"resume_grace": 0.3}) as gateway:
-        cid = await create(http, gateway)
-        url = f"{gateway.url}/v1/conversations/{cid}/messages"
-        response = await http.post(url, json=turn(tokens=words(400), delay=0.02))
-        message_id = response.headers["X-Message-Id"]
-        seen = await _read_tokens(response, 3)
-        response.close()
-        reply = await settled(gateway.app.state.store, message_id)
+        seen, reply = await _leave_after_three_tokens(http, gateway, words(400))
 
     assert (reply.status, reply.error_code) == ("cancelled", "cancelled")
     assert reply.content.startswith(seen)
@@ -211,25 +198,10 @@ async def test_kill_9_mid_stream_leaves_an_interrupted_message_with_the_checkpoi
         '[models.demo]\nprovider = "scripted"\n\n'
         f"[conversations]\ncheckpoint_interval = {interval}\n"
     )
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tokenrelay.cli",
-        "serve",
-        "--port",
-        str(port),
-        "--config",
-        str(config),
-        env={**os.environ, "TOKENRELAY_DATABASE_URL": database_url},
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        await _until_listening(http, base, process)
+    env = {"TOKENRELAY_DATABASE_URL": database_url}
+    async with serve_process(config, env=env) as served:
+        base, process = served.url, served.process
+        await served.until_listening(http)
         async with http.post(f"{base}/v1/conversations", json={}) as response:
             cid = (await response.json())["id"]
         url = f"{base}/v1/conversations/{cid}/messages"
@@ -247,10 +219,6 @@ async def test_kill_9_mid_stream_leaves_an_interrupted_message_with_the_checkpoi
         killed_at = time.monotonic()
         await process.wait()
         response.close()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
     store = await Store.open(database_url)
     try:
@@ -376,19 +344,17 @@ async def _start_app(database_url: str) -> None:
         pass
 
 
-async def _until_listening(
-    http: aiohttp.ClientSession, base: str, process: asyncio.subprocess.Process
-) -> None:
-    async with asyncio.timeout(30):
-        while True:
-            assert process.returncode is None, "tokenrelay serve exited"
-            try:
-                async with http.get(f"{base}/healthz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.1)
+async def _leave_after_three_tokens(
+    http: aiohttp.ClientSession, gateway: Gateway, tokens: list[str]
+) -> tuple[str, MessageRecord]:
+    """Start a reply of ``tokens``, close the response after three, and wait for it to settle."""
+    cid = await create(http, gateway)
+    url = f"{gateway.url}/v1/conversations/{cid}/messages"
+    response = await http.post(url, json=turn(tokens=tokens, delay=0.02))
+    message_id = response.headers["X-Message-Id"]
+    seen = await _read_tokens(response, 3)
+    response.close()
+    return seen, await settled(gateway.app.state.store, message_id)
 
 
 async def _read_tokens(response: aiohttp.ClientResponse, count: int) -> str:

@@ -7,9 +7,7 @@ while gateways are using it.
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,8 @@ import aiohttp
 import orjson
 from websockets.asyncio.client import connect
 
-from tests.gateway import Gateway, free_socket, read_sse, serve
+from tests.gateway import Gateway, read_sse, serve
+from tests.processes import serve_process
 from tests.redis_server import RedisServer, redis_server
 
 ASK = {"model": "demo", "messages": [{"role": "user", "content": "hi"}], "stream": True}
@@ -161,35 +160,16 @@ async def test_a_crashed_instance_gives_its_slots_back_after_the_lease_ttl(
             f'redis_url = "{redis.url}"\n\n[models.demo]\nprovider = "scripted"\n\n'
             f'[rate_limits]\nconcurrent_streams = 2\nlease_ttl = 1.0\nkey_prefix = "{prefix}"\n'
         )
-        with free_socket() as sock:
-            port = sock.getsockname()[1]
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "tokenrelay.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--config",
-            str(config),
-            env=dict(os.environ),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        base = f"http://127.0.0.1:{port}"
         hanging = ASK | {"script": {"hang_after": 0}}
-        try:
-            await _until_listening(http, base, process)
+        async with serve_process(config) as served:
+            base, process = served.url, served.process
+            await served.until_listening(http)
             held = [await http.post(f"{base}/v1/chat/completions", json=hanging) for _ in "ab"]
             # Longer than a lease: the crashed instance had been renewing them.
             await asyncio.sleep(1.5)
             process.kill()
             await process.wait()
             killed = time.monotonic()
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
         async with serve(redis_url=redis.url, rate_limits=_same(prefix)) as survivor:
             at_once = (await ask(http, survivor))[0]
             back_after = await until_admitted(http, survivor, within=10)
@@ -205,18 +185,3 @@ async def test_a_crashed_instance_gives_its_slots_back_after_the_lease_ttl(
 
 def _same(prefix: str) -> dict[str, Any]:
     return {"concurrent_streams": 2, "lease_ttl": 1.0, "key_prefix": prefix}
-
-
-async def _until_listening(
-    http: aiohttp.ClientSession, base: str, process: asyncio.subprocess.Process
-) -> None:
-    async with asyncio.timeout(30):
-        while True:
-            assert process.returncode is None, "tokenrelay serve exited"
-            try:
-                async with http.get(f"{base}/healthz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.1)

@@ -7,7 +7,6 @@ import email.utils
 import json
 import logging
 import re
-import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, ClassVar
@@ -15,10 +14,20 @@ from typing import Any, ClassVar
 import aiohttp
 import pytest
 
+from tests.providers import (
+    assert_aclose_after_first_token_closes_upstream,
+    assert_body_left_open_still_finishes,
+    assert_cancel_once_accepted_closes_upstream,
+    assert_secret_not_in_chain,
+    collect,
+    fail,
+    refused_port,
+    text_of,
+)
 from tokenrelay import errors
 from tokenrelay.chat import ChatRequest, Message
 from tokenrelay.config import ModelConfig, load_settings
-from tokenrelay.events import Accepted, Finish, ProviderEvent, TextDelta, Usage
+from tokenrelay.events import Accepted, Finish, TextDelta, Usage
 from tokenrelay.providers import openai as openai_module
 from tokenrelay.providers.base import ProviderContext
 from tokenrelay.providers.openai import OpenAIProvider
@@ -58,29 +67,6 @@ def provider(fake: FakeOpenAI, http: aiohttp.ClientSession, key: str) -> OpenAIP
 
 def ask(**script: Any) -> ChatRequest:
     return ChatRequest(model="gpt-test", messages=[Message("user", fake_prompt(**script))])
-
-
-async def collect(provider: OpenAIProvider, request: ChatRequest) -> list[ProviderEvent]:
-    events: list[ProviderEvent] = []
-    async with asyncio.timeout(10):
-        async for event in provider.stream(request):
-            events.append(event)
-    return events
-
-
-async def fail(
-    provider: OpenAIProvider, request: ChatRequest
-) -> tuple[list[ProviderEvent], errors.TokenRelayError]:
-    events: list[ProviderEvent] = []
-    with pytest.raises(errors.TokenRelayError) as caught:
-        async with asyncio.timeout(10):
-            async for event in provider.stream(request):
-                events.append(event)
-    return events, caught.value
-
-
-def text_of(events: list[ProviderEvent]) -> str:
-    return "".join(e.text for e in events if isinstance(e, TextDelta))
 
 
 # -- the happy path
@@ -402,11 +388,9 @@ async def test_huge_error_body_is_read_only_in_part(provider: OpenAIProvider) ->
 async def test_connect_refused_is_upstream_unavailable(
     http: aiohttp.ClientSession, key: str
 ) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    provider = make_provider(http, f"http://127.0.0.1:{port}/v1")
-    events, error = await fail(provider, ask())
+    with refused_port() as port:
+        provider = make_provider(http, f"http://127.0.0.1:{port}/v1")
+        events, error = await fail(provider, ask())
     assert events == []
     assert type(error) is errors.UpstreamUnavailable
     # Where the upstream lives is the operator's business, not the client's.
@@ -430,10 +414,7 @@ async def test_api_key_never_appears_in_errors_or_logs(
     ]
     for script in scripts:
         _, error = await fail(provider, ask(**script))
-        chain: BaseException | None = error
-        while chain is not None:
-            assert KEY not in str(chain) and KEY not in repr(chain)
-            chain = chain.__cause__ or chain.__context__
+        assert_secret_not_in_chain(error, KEY)
         assert KEY not in str(error.to_payload())
     assert KEY not in caplog.text
 
@@ -444,40 +425,15 @@ async def test_api_key_never_appears_in_errors_or_logs(
 async def test_aclose_after_first_token_closes_upstream_connection(
     provider: OpenAIProvider, fake: FakeOpenAI
 ) -> None:
-    stream = provider.stream(ask(tokens=["a"] * 100, delay=0.05))
-    async with asyncio.timeout(5):
-        async for event in stream:
-            if isinstance(event, TextDelta):
-                break
-    closed_at_client = time.monotonic()
-    await stream.aclose()  # type: ignore[attr-defined]
-
-    sent = fake.requests[0]
-    assert await sent.wait_closed(1.0)
-    assert sent.closed_at is not None and sent.closed_at - closed_at_client < 1.0
-    assert sent.client_closed_early
+    await assert_aclose_after_first_token_closes_upstream(
+        provider, fake, ask(tokens=["a"] * 100, delay=0.05)
+    )
 
 
 async def test_cancel_while_waiting_for_first_token_closes_upstream(
     provider: OpenAIProvider, fake: FakeOpenAI
 ) -> None:
-    accepted = asyncio.Event()
-
-    async def consume() -> None:
-        async for event in provider.stream(ask(first_delay=30)):
-            if isinstance(event, Accepted):
-                accepted.set()
-
-    task = asyncio.create_task(consume())
-    async with asyncio.timeout(5):
-        await accepted.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-
-    sent = fake.requests[0]
-    assert await sent.wait_closed(1.0)
-    assert sent.client_closed_early
+    await assert_cancel_once_accepted_closes_upstream(provider, fake, ask(first_delay=30))
 
 
 async def test_cancel_before_response_headers_closes_upstream(
@@ -508,11 +464,7 @@ async def test_finished_streams_reuse_one_keepalive_connection(
 async def test_upstream_keeping_the_body_open_after_done_still_finishes(
     provider: OpenAIProvider, fake: FakeOpenAI
 ) -> None:
-    started = time.monotonic()
-    events = await collect(provider, ask(tokens=["a"], end_delay=30))
-    assert events[-1] == Finish("stop")
-    assert time.monotonic() - started < 2
-    assert await fake.requests[0].wait_closed(1.0)
+    await assert_body_left_open_still_finishes(provider, fake, ask(tokens=["a"], end_delay=30))
 
 
 async def test_many_streams_of_every_outcome_leak_no_connections(

@@ -54,7 +54,7 @@ the server's default script. Unknown keys are answered with a 400 naming them. K
 
 What it records
 ---------------
-``fake.requests``: one :class:`~tokenrelay.testing.fake_openai.RecordedRequest` per request
+``fake.requests``: one :class:`~tokenrelay.testing.RecordedRequest` per request
 (method, path, headers, body, ``json``, the script, and ``finished``, ``client_closed_early``,
 ``closed_at``, ``wait_closed(timeout)`` from its response and connection); ``fake.connections``
 lists every connection and ``fake.open_connections`` counts those still open.
@@ -62,18 +62,26 @@ lists every connection and ``fake.open_connections`` counts those still open.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import signal
-import sys
-import time
-from typing import Any, Literal
+from collections.abc import Iterator
+from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
-from tokenrelay.testing._http import ConnectionInfo, HTTPServer, Request, Response
-from tokenrelay.testing.fake_openai import RecordedRequest, _script_in_messages, fake_prompt
+from tokenrelay.testing._fake import (
+    BaseScript,
+    FakeUpstream,
+    RecordedRequest,
+    ScriptError,
+    argument_parser,
+    fake_prompt,
+    script_problem,
+    serve_until_signalled,
+    start_stream,
+    write_paced,
+)
+from tokenrelay.testing._http import Request, Response
 
 __all__ = ["FakeAnthropic", "RecordedRequest", "Script", "fake_prompt"]
 
@@ -94,30 +102,16 @@ STATUS_TYPES = {
 }
 
 
-class Script(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Script(BaseScript):
     tokens: list[str] = Field(default_factory=lambda: list(DEFAULT_TOKENS))
-    repeat: int = Field(default=1, ge=1)
-    delay: float = Field(default=0.0, ge=0)
-    first_delay: float = Field(default=0.0, ge=0)
-    headers_delay: float = Field(default=0.0, ge=0)
-    end_delay: float = Field(default=0.0, ge=0)
-    status: int = Field(default=200, ge=100, le=599)
     error_type: str | None = None
     error_message: str | None = None
-    headers: dict[str, str] = Field(default_factory=dict)
     error_after: int | None = Field(default=None, ge=0)
-    truncate_after: int | None = Field(default=None, ge=0)
-    drop_after: int | None = Field(default=None, ge=0)
     no_stop: bool = False
-    hang: bool = False
-    hang_after: int | None = Field(default=None, ge=0)
     ping_every: int | None = Field(default=None, ge=1)
     thinking: list[str] | None = None
     stop_reason: str | None = None
     usage: dict[str, int] | None = None
-    framing: Literal["chunked", "close"] = "chunked"
 
 
 class _Refused(Exception):
@@ -175,7 +169,7 @@ def _check(request: Request, body: Any, api_key: str | None) -> dict[str, Any]:
     return body
 
 
-class FakeAnthropic:
+class FakeAnthropic(FakeUpstream):
     """The fake upstream server; see the module docstring for scripts and records."""
 
     def __init__(
@@ -187,55 +181,12 @@ class FakeAnthropic:
         api_key: str | None = None,
         record: bool = True,
     ) -> None:
-        self.default_script: dict[str, Any] = dict(script or {})
+        super().__init__(host=host, port=port, script=script, record=record)
         self.api_key = api_key
-        self.record = record
-        self.requests: list[RecordedRequest] = []
-        self.connections: list[ConnectionInfo] = []
-        self._server = HTTPServer(self._handle, host, port, on_connection=self._on_connection)
-        self._counter = 0
 
-    @property
-    def port(self) -> int:
-        return self._server.port
-
-    @property
-    def url(self) -> str:
-        return f"http://{self._server.host}:{self._server.port}"
-
-    @property
-    def open_connections(self) -> int:
-        return self._server.open_connections
-
-    async def start(self) -> FakeAnthropic:
-        await self._server.start()
-        return self
-
-    async def stop(self) -> None:
-        await self._server.stop()
-
-    async def __aenter__(self) -> FakeAnthropic:
-        return await self.start()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
-    def _on_connection(self, info: ConnectionInfo) -> None:
-        if self.record:
-            self.connections.append(info)
-
-    async def _handle(self, request: Request, response: Response, conn: ConnectionInfo) -> None:
-        recorded = RecordedRequest(
-            request.method,
-            request.path,
-            request.headers,
-            request.body,
-            time.monotonic(),
-            conn,
-            _response=response,
-        )
-        if self.record:
-            self.requests.append(recorded)
+    async def _respond(
+        self, request: Request, response: Response, recorded: RecordedRequest
+    ) -> None:
         if request.path != "/v1/messages" or request.method != "POST":
             _refuse(response, 404, f"no route for {request.method} {request.path}")
             return
@@ -250,10 +201,11 @@ class FakeAnthropic:
         except _Refused as exc:
             _refuse(response, exc.status, str(exc))
             return
+        except ScriptError as exc:
+            _refuse(response, 400, str(exc))
+            return
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"])
-            _refuse(response, 400, f"fake script: {where}: {first['msg']}")
+            _refuse(response, 400, script_problem(exc))
             return
         extra = list(script.headers.items())
         if script.headers_delay:
@@ -270,14 +222,6 @@ class FakeAnthropic:
         else:
             headers = [("Content-Type", "application/json"), *extra]
             response.send(200, headers, orjson.dumps(reply.message()))
-
-    def _script_of(self, body: dict[str, Any]) -> dict[str, Any]:
-        script = body.get("fake")
-        if script is None:
-            script = _script_in_messages(body.get("messages"))
-        if script is not None and not isinstance(script, dict):
-            raise _Refused(400, "the fake script must be a JSON object")
-        return {**self.default_script, **(script or {})}
 
 
 def _refuse(response: Response, status: int, message: str) -> None:
@@ -342,13 +286,7 @@ class _Reply:
 
     async def stream(self, response: Response, extra: list[tuple[str, str]]) -> None:
         script = self.script
-        headers = [
-            ("Content-Type", "text/event-stream; charset=utf-8"),
-            ("Cache-Control", "no-cache"),
-        ]
-        response.start(200, headers + extra, framing=script.framing)
-        if script.hang:
-            await asyncio.Event().wait()
+        await start_stream(response, script, extra)
         start = {**self.message(), "content": [], "stop_reason": None, "stop_sequence": None}
         start["usage"] = {"input_tokens": self.input_tokens, "output_tokens": 1}
         response.write(_event("message_start", {"message": start}))
@@ -397,64 +335,42 @@ class _Reply:
     async def _deltas(self, response: Response, index: int) -> bool:
         """Write the text deltas, applying the ``*_after`` faults; False when cut short."""
         script = self.script
-        count = len(self.tokens)
-        for sent in range(count + 1):
-            if script.hang_after == sent:
-                await asyncio.Event().wait()
-            if script.drop_after == sent:
-                response.abort()
-                await asyncio.Event().wait()  # cancelled as the connection goes
+
+        async def cut(sent: int) -> bool:
             if script.error_after == sent:
                 kind = script.error_type or "overloaded_error"
                 error = {"type": kind, "message": script.error_message or "Overloaded"}
                 response.write(_event("error", {"error": error}))
                 await self._end(response)
-                return False
+                return True
             if script.truncate_after == sent:
                 response.write(b'event: content_block_delta\ndata: {"type":"content_block_delta"')
                 response.finish()
-                return False
-            if sent == count:
                 return True
-            if sent and script.delay:
-                await asyncio.sleep(script.delay)
-            delta = {"type": "text_delta", "text": self.tokens[sent]}
+            return False
+
+        frames = self._frames(index)
+        return await write_paced(response, script, frames, len(self.tokens), cut)
+
+    def _frames(self, index: int) -> Iterator[bytes]:
+        ping_every = self.script.ping_every
+        for sent, token in enumerate(self.tokens):
+            delta = {"type": "text_delta", "text": token}
             frame = _event("content_block_delta", {"index": index, "delta": delta})
-            if script.ping_every and (sent + 1) % script.ping_every == 0:
+            if ping_every and (sent + 1) % ping_every == 0:
                 frame += _event("ping", {})
-            response.write(frame)
-            await response.drain()
-            if not script.delay:
-                await asyncio.sleep(0)  # let other streams write between our events
-        return True
-
-
-async def _serve(host: str, port: int, api_key: str | None, record: bool) -> None:
-    fake = FakeAnthropic(host=host, port=port, api_key=api_key, record=record)
-    await fake.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    sys.stdout.write(f"fake-anthropic listening on {fake.url}\n")
-    sys.stdout.flush()
-    try:
-        await stop.wait()
-    finally:
-        await fake.stop()
+            yield frame
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m tokenrelay.testing.fake_anthropic",
-        description="A fake Anthropic Messages API for tests, benchmarks and demos.",
+    parser = argument_parser(
+        "tokenrelay.testing.fake_anthropic",
+        "A fake Anthropic Messages API for tests, benchmarks and demos.",
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--api-key", default=None, help="require this x-api-key")
-    parser.add_argument("--record", action="store_true", help="keep every request in memory")
     args = parser.parse_args(argv)
-    asyncio.run(_serve(args.host, args.port, args.api_key, args.record))
+    fake = FakeAnthropic(host=args.host, port=args.port, api_key=args.api_key, record=args.record)
+    asyncio.run(serve_until_signalled(fake, "fake-anthropic"))
 
 
 if __name__ == "__main__":

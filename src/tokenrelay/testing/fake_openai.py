@@ -62,89 +62,45 @@ connection closed) and ``wait_closed(timeout)``. ``fake.connections`` lists ever
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import json
-import signal
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
-from tokenrelay.testing._http import ConnectionInfo, HTTPServer, Request, Response
+from tokenrelay.testing._fake import (
+    BaseScript,
+    FakeUpstream,
+    RecordedRequest,
+    ScriptError,
+    argument_parser,
+    fake_prompt,
+    script_problem,
+    serve_until_signalled,
+    start_stream,
+    write_paced,
+)
+from tokenrelay.testing._http import Request, Response
+
+__all__ = ["FakeOpenAI", "RecordedRequest", "Script", "fake_prompt"]
 
 DEFAULT_TOKENS = ["Hello", "!", " This", " is", " a", " fake", " reply", "."]
 
 
-class Script(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Script(BaseScript):
     tokens: list[str] = Field(default_factory=lambda: list(DEFAULT_TOKENS))
-    repeat: int = Field(default=1, ge=1)
-    delay: float = Field(default=0.0, ge=0)
-    first_delay: float = Field(default=0.0, ge=0)
-    headers_delay: float = Field(default=0.0, ge=0)
-    end_delay: float = Field(default=0.0, ge=0)
-    status: int = Field(default=200, ge=100, le=599)
     error_body: Any = None
-    headers: dict[str, str] = Field(default_factory=dict)
     mid_stream_error_after: int | None = Field(default=None, ge=0)
-    truncate_after: int | None = Field(default=None, ge=0)
-    drop_after: int | None = Field(default=None, ge=0)
     no_done: bool = False
-    hang: bool = False
-    hang_after: int | None = Field(default=None, ge=0)
     chunks: list[str | dict[Literal["base64"], str]] | None = None
     line_ending: Literal["\n", "\r\n", "\r"] = "\n"
     comments: bool = False
     finish_reason: str = "stop"
     usage: bool | dict[str, int] = True
-    framing: Literal["chunked", "close"] = "chunked"
-
-
-def fake_prompt(**script: Any) -> str:
-    """A user message that carries ``script`` to the fake through any client."""
-    return json.dumps({"fake": script})
-
-
-@dataclass(eq=False)
-class RecordedRequest:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-    received_at: float
-    connection: ConnectionInfo
-    script: dict[str, Any] | None = None
-    _response: Response | None = field(default=None, repr=False)
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    @property
-    def finished(self) -> bool:
-        return self._response is not None and self._response.finished_at is not None
-
-    @property
-    def client_closed_early(self) -> bool:
-        return self._response is not None and self._response.client_closed_early
-
-    @property
-    def closed_at(self) -> float | None:
-        return self.connection.closed_at
-
-    async def wait_closed(self, timeout: float) -> bool:
-        return await self.connection.wait_closed(timeout)
-
-
-class _ScriptError(Exception):
-    pass
 
 
 _STATUS_ERRORS = {
@@ -176,7 +132,7 @@ def _dumps(value: Any) -> bytes:
         return json.dumps(value).encode()
 
 
-class FakeOpenAI:
+class FakeOpenAI(FakeUpstream):
     """The fake upstream server; see the module docstring for scripts and records."""
 
     def __init__(
@@ -188,61 +144,18 @@ class FakeOpenAI:
         record: bool = True,
         model: str = "fake-model",
     ) -> None:
-        self.default_script: dict[str, Any] = dict(script or {})
+        super().__init__(host=host, port=port, script=script, record=record)
         self.model = model
-        self.record = record
-        self.requests: list[RecordedRequest] = []
-        self.connections: list[ConnectionInfo] = []
-        self._server = HTTPServer(self._handle, host, port, on_connection=self._on_connection)
-        self._counter = 0
-
-    @property
-    def port(self) -> int:
-        return self._server.port
-
-    @property
-    def url(self) -> str:
-        return f"http://{self._server.host}:{self._server.port}"
 
     @property
     def base_url(self) -> str:
         return f"{self.url}/v1"
 
-    @property
-    def open_connections(self) -> int:
-        return self._server.open_connections
-
-    async def start(self) -> FakeOpenAI:
-        await self._server.start()
-        return self
-
-    async def stop(self) -> None:
-        await self._server.stop()
-
-    async def __aenter__(self) -> FakeOpenAI:
-        return await self.start()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
-    def _on_connection(self, info: ConnectionInfo) -> None:
-        if self.record:
-            self.connections.append(info)
-
     # -- request handling
 
-    async def _handle(self, request: Request, response: Response, conn: ConnectionInfo) -> None:
-        recorded = RecordedRequest(
-            request.method,
-            request.path,
-            request.headers,
-            request.body,
-            time.monotonic(),
-            conn,
-            _response=response,
-        )
-        if self.record:
-            self.requests.append(recorded)
+    async def _respond(
+        self, request: Request, response: Response, recorded: RecordedRequest
+    ) -> None:
         path = request.path
         if path.endswith("/chat/completions") and request.method == "POST":
             await self._chat(request, response, recorded)
@@ -256,17 +169,15 @@ class FakeOpenAI:
         try:
             body = orjson.loads(request.body)
             if not isinstance(body, dict):
-                raise _ScriptError("body must be a JSON object")
+                raise ScriptError("body must be a JSON object")
             raw = self._script_of(body)
             recorded.script = raw
             script = Script.model_validate(raw)
-        except (orjson.JSONDecodeError, _ScriptError) as exc:
+        except (orjson.JSONDecodeError, ScriptError) as exc:
             response.send(*_error(400, f"fake: {exc}"))
             return
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"])
-            response.send(*_error(400, f"fake script: {where}: {first['msg']}"))
+            response.send(*_error(400, script_problem(exc)))
             return
         extra = list(script.headers.items())
         if script.headers_delay:
@@ -283,32 +194,6 @@ class FakeOpenAI:
             completion = _completion(script, body, model, self._counter)
             headers = [("Content-Type", "application/json"), *extra]
             response.send(200, headers, orjson.dumps(completion))
-
-    def _script_of(self, body: dict[str, Any]) -> dict[str, Any]:
-        script = body.get("fake")
-        if script is None:
-            script = _script_in_messages(body.get("messages"))
-        if script is not None and not isinstance(script, dict):
-            raise _ScriptError("the fake script must be a JSON object")
-        return {**self.default_script, **(script or {})}
-
-
-def _script_in_messages(messages: Any) -> Any:
-    if not isinstance(messages, list):
-        return None
-    for message in reversed(messages):
-        if isinstance(message, dict) and message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, str) and content.lstrip().startswith("{"):
-                try:
-                    # The stdlib parser keeps lone surrogates ("\ud83d"), which scripts use.
-                    parsed = json.loads(content)
-                except ValueError:
-                    return None
-                if isinstance(parsed, dict):
-                    return parsed.get("fake")
-            return None
-    return None
 
 
 def _error(status: int, message: str) -> tuple[int, list[tuple[str, str]], bytes]:
@@ -373,13 +258,7 @@ class _Stream:
 
     async def run(self, extra: list[tuple[str, str]]) -> None:
         script, response = self.script, self.response
-        headers = [
-            ("Content-Type", "text/event-stream; charset=utf-8"),
-            ("Cache-Control", "no-cache"),
-        ]
-        response.start(200, headers + extra, framing=script.framing)
-        if script.hang:
-            await asyncio.Event().wait()
+        await start_stream(response, script, extra)
         if script.first_delay:
             await asyncio.sleep(script.first_delay)
         if script.chunks is not None:
@@ -392,29 +271,18 @@ class _Stream:
 
     async def _send(self, pieces: Iterator[bytes], count: int) -> bool:
         """Write ``pieces`` one per write, applying the ``*_after`` faults; False if cut."""
+        return await write_paced(self.response, self.script, pieces, count, self._cut)
+
+    async def _cut(self, sent: int) -> bool:
         script, response = self.script, self.response
-        for index in range(count + 1):
-            if script.hang_after == index:
-                await asyncio.Event().wait()
-            if script.drop_after == index:
-                response.abort()
-                await asyncio.Event().wait()  # cancelled as the connection goes
-            if script.mid_stream_error_after == index:
-                payload, _ = _error_body(500, script.error_body)
-                response.write(b"data: " + payload + self.end + self.end)
-                return False
-            if script.truncate_after == index:
-                response.write(self.prefix + b'{"content":"cut her')
-                return False
-            if index == count:
-                return True
-            if index and script.delay:
-                await asyncio.sleep(script.delay)
-            response.write(next(pieces))
-            await response.drain()
-            if not script.delay:
-                await asyncio.sleep(0)  # let other streams write between our events
-        return True
+        if script.mid_stream_error_after == sent:
+            payload, _ = _error_body(500, script.error_body)
+            response.write(b"data: " + payload + self.end + self.end)
+            return True
+        if script.truncate_after == sent:
+            response.write(self.prefix + b'{"content":"cut her')
+            return True
+        return False
 
     async def _events(self) -> None:
         script, body = self.script, self.body
@@ -445,31 +313,14 @@ def _raw_chunks(chunks: list[str | dict[Literal["base64"], str]]) -> Iterator[by
         )
 
 
-async def _serve(host: str, port: int, record: bool) -> None:
-    fake = FakeOpenAI(host=host, port=port, record=record)
-    await fake.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    sys.stdout.write(f"fake-openai listening on {fake.url}\n")
-    sys.stdout.flush()
-    try:
-        await stop.wait()
-    finally:
-        await fake.stop()
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m tokenrelay.testing.fake_openai",
-        description="A fake OpenAI-compatible upstream for tests, benchmarks and demos.",
+    parser = argument_parser(
+        "tokenrelay.testing.fake_openai",
+        "A fake OpenAI-compatible upstream for tests, benchmarks and demos.",
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    parser.add_argument("--record", action="store_true", help="keep every request in memory")
     args = parser.parse_args(argv)
-    asyncio.run(_serve(args.host, args.port, args.record))
+    fake = FakeOpenAI(host=args.host, port=args.port, record=args.record)
+    asyncio.run(serve_until_signalled(fake, "fake-openai"))
 
 
 if __name__ == "__main__":
