@@ -86,7 +86,6 @@ async def open_stream(
     headers: Mapping[str, str],
     *,
     connect_timeout: float,
-    secret: str | None,
 ) -> aiohttp.ClientResponse:
     """POST ``body``; the response once its head has arrived, whatever its status.
 
@@ -98,24 +97,34 @@ async def open_stream(
     )
     try:
         return await http.post(url, data=body, headers=headers, timeout=timeout)
-    except TimeoutError:
+    except TimeoutError as exc:
         raise errors.UpstreamUnavailable(
             f"connecting to the upstream timed out after {connect_timeout}s"
-        ) from None
-    except aiohttp.ClientConnectionError as exc:
-        raise errors.UpstreamUnavailable(
-            f"cannot reach the upstream: {redact(str(exc), secret)}"
-        ) from None
+        ) from exc
     except aiohttp.ClientError as exc:
-        raise errors.UpstreamError(f"upstream request failed: {redact(str(exc), secret)}") from None
+        raise connect_error(exc) from exc
+
+
+def connect_error(exc: aiohttp.ClientError) -> errors.TokenRelayError:
+    # Says what failed, not where: upstream hosts are the operator's business, and the
+    # exception chained to this one keeps the details for the logs.
+    if isinstance(exc, aiohttp.ServerTimeoutError):
+        return errors.UpstreamUnavailable("connecting to the upstream timed out")
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return errors.UpstreamUnavailable("cannot reach the upstream: DNS lookup failed")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return errors.UpstreamUnavailable("cannot reach the upstream: connection failed")
+    if isinstance(exc, aiohttp.ClientConnectionError):
+        return errors.UpstreamUnavailable("the upstream closed the connection before answering")
+    return errors.UpstreamError(f"the request to the upstream failed ({type(exc).__name__})")
 
 
 async def read_chunk(response: aiohttp.ClientResponse) -> bytes:
     """The next bytes of the body as they arrive; ``b""`` at its end."""
     try:
         return await response.content.readany()
-    except (aiohttp.ClientError, ConnectionError):
-        raise errors.UpstreamError("upstream connection lost mid-stream") from None
+    except (aiohttp.ClientError, ConnectionError) as exc:
+        raise errors.UpstreamError("upstream connection lost mid-stream") from exc
 
 
 async def read_json(response: aiohttp.ClientResponse, limit: int = 64 * 1024) -> object:

@@ -200,7 +200,6 @@ class AnthropicProvider(Provider):
             orjson.dumps(build_body(request, self.upstream_model)),
             self._headers(secret),
             connect_timeout=self.context.settings.timeouts.connect,
-            secret=secret,
         )
         message = MessageStream(secret)
         try:

@@ -22,6 +22,8 @@ from tokenrelay.providers._http import (
     close,
     drain,
     error_for_status,
+    open_stream,
+    read_chunk,
     read_json,
     redact,
     retry_after,
@@ -65,26 +67,16 @@ class OpenAIProvider(Provider):
         return headers
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ProviderEvent]:
-        connect = self.context.settings.timeouts.connect
-        # The relay owns the first-token, idle and total limits; only connecting is ours.
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect, connect=connect)
         secret = self.config.api_key()
         response: aiohttp.ClientResponse | None = None
         try:
-            try:
-                response = await self.context.http.post(
-                    self.url,
-                    data=orjson.dumps(self._payload(request)),
-                    headers=self._headers(secret),
-                    timeout=timeout,
-                )
-            except aiohttp.ClientError as exc:
-                raise _connect_error(exc) from exc
-            except TimeoutError as exc:
-                raise errors.UpstreamUnavailable(
-                    f"connecting to the upstream timed out after {connect}s"
-                ) from exc
-
+            response = await open_stream(
+                self.context.http,
+                self.url,
+                orjson.dumps(self._payload(request)),
+                self._headers(secret),
+                connect_timeout=self.context.settings.timeouts.connect,
+            )
             if response.status != 200:
                 raise await _status_error(response, self.upstream_model, secret)
             if response.content_type == "application/json":
@@ -96,12 +88,8 @@ class OpenAIProvider(Provider):
             yield Accepted()
 
             reader = _EventReader(secret)
-            content = response.content
             while not reader.done:
-                try:
-                    chunk = await content.readany()
-                except (aiohttp.ClientError, ConnectionError) as exc:
-                    raise errors.UpstreamError("upstream connection lost mid-stream") from exc
+                chunk = await read_chunk(response)
                 if not chunk:
                     raise errors.UpstreamError(reader.truncation())
                 for text in reader.feed(chunk):
@@ -109,7 +97,7 @@ class OpenAIProvider(Provider):
                 if reader.failure is not None:
                     raise reader.failure
 
-            if not content.at_eof():
+            if not response.content.at_eof():
                 # The body's end usually trails [DONE]: read it so the socket is reusable.
                 await drain(response)
             tail = reader.flush()
@@ -227,20 +215,6 @@ def _loads(data: str) -> Any:
         return json.loads(data)
     except ValueError:
         raise errors.UpstreamError("upstream sent an event whose data is not JSON") from None
-
-
-def _connect_error(exc: aiohttp.ClientError) -> errors.TokenRelayError:
-    # Says what failed, not where: upstream hosts are the operator's business, and the
-    # exception chained to this one keeps the details for the logs.
-    if isinstance(exc, aiohttp.ServerTimeoutError):
-        return errors.UpstreamUnavailable("connecting to the upstream timed out")
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return errors.UpstreamUnavailable("cannot reach the upstream: DNS lookup failed")
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return errors.UpstreamUnavailable("cannot reach the upstream: connection failed")
-    if isinstance(exc, aiohttp.ClientConnectionError):
-        return errors.UpstreamUnavailable("the upstream closed the connection before answering")
-    return errors.UpstreamError(f"the request to the upstream failed ({type(exc).__name__})")
 
 
 async def _status_error(
