@@ -231,8 +231,6 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     log_level: str = "info"
 
-    _toml_file: Path | None = None
-
     @classmethod
     def settings_customise_sources(
         cls,

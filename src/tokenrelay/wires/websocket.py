@@ -139,9 +139,13 @@ class ChatSocket:
                 "expected a JSON object with content, or type cancel, resume or ping"
             )
 
-    async def start(self, turn: Turn) -> None:
+    def _check_idle(self) -> None:
         if self.follower is not None and not self.follower.done():
             raise errors.InvalidRequest("a reply is still streaming; cancel it first")
+
+    async def start(self, turn: Turn) -> None:
+        # Checked before a stream starts, so a refused turn costs no generation.
+        self._check_idle()
         conversation_id = turn.conversation_id or self.conversation_id
         if conversation_id is not None:
             conversations: Conversations = self.websocket.app.state.conversations
@@ -169,8 +173,7 @@ class ChatSocket:
         self._follow(stream, 0, turn=user)
 
     def _follow(self, stream: Stream, offset: int, turn: Message | None) -> None:
-        if self.follower is not None and not self.follower.done():
-            raise errors.InvalidRequest("a reply is still streaming; cancel it first")
+        self._check_idle()
         self.current = stream
         self.follower = asyncio.create_task(self._relay(stream, offset, turn))
 
