@@ -248,6 +248,5 @@ async def _create(request: Request) -> EventStreamResponse | CollectedResponse:
         stream,
         MessageEncoder(message_id(stream)),
         relay.settings.streams,
-        headers={"X-Stream-Id": stream.id},
         render_error=error_response,
     )

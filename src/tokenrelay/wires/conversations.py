@@ -200,7 +200,6 @@ async def post_message(request: Request) -> EventStreamResponse:
         NativeEncoder(),
         conversations.settings.streams,
         headers={
-            "X-Stream-Id": stream.id,
             "X-Conversation-Id": started.user.conversation_id,
             "X-Message-Id": started.reply.id,
         },

@@ -66,9 +66,7 @@ async def start_stream(request: Request) -> EventStreamResponse:
     stream = await relay.open(
         chat, owner=request.scope.get("user"), linger=settings.streams.resume_grace
     )
-    return EventStreamResponse(
-        stream, NativeEncoder(), settings.streams, headers={"X-Stream-Id": stream.id}
-    )
+    return EventStreamResponse(stream, NativeEncoder(), settings.streams)
 
 
 async def attach_stream(request: Request) -> EventStreamResponse:
@@ -84,7 +82,6 @@ async def attach_stream(request: Request) -> EventStreamResponse:
         NativeEncoder(),
         relay.settings.streams,
         offset=offset,
-        headers={"X-Stream-Id": stream.id},
     )
 
 

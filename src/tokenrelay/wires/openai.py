@@ -137,9 +137,7 @@ async def chat_completions(request: Request) -> Response | EventStreamResponse |
         return CollectedResponse(stream, render_completion)
     include_usage = body.stream_options is not None and body.stream_options.include_usage
     encoder = ChunkEncoder(completion_id(), stream.model, include_usage)
-    return EventStreamResponse(
-        stream, encoder, settings.streams, offset=1, headers={"X-Stream-Id": stream.id}
-    )
+    return EventStreamResponse(stream, encoder, settings.streams, offset=1)
 
 
 async def list_models(request: Request) -> Response:

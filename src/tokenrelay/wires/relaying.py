@@ -110,7 +110,8 @@ class EventStreamResponse:
         self.settings = settings
         self.offset = offset
         self.render_error = render_error
-        self.headers = [*SSE_HEADERS] + [
+        # Every stream names itself, so any client can re-attach to it or cancel it.
+        self.headers = [*SSE_HEADERS, (b"x-stream-id", stream.id.encode())] + [
             (k.lower().encode(), v.encode()) for k, v in (headers or {}).items()
         ]
 

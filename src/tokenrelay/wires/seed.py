@@ -38,6 +38,4 @@ async def chat_stream(request: Request) -> EventStreamResponse:
     settings = relay.settings
     body = validate(ChatFields, await read_json(request, settings.limits.max_body_bytes))
     stream = await relay.open(body.to_request(settings.limits), owner=request.scope.get("user"))
-    return EventStreamResponse(
-        stream, SeedEncoder(), settings.streams, offset=1, headers={"X-Stream-Id": stream.id}
-    )
+    return EventStreamResponse(stream, SeedEncoder(), settings.streams, offset=1)
