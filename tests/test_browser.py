@@ -18,8 +18,10 @@ from typing import Any
 
 import pytest
 
+from tests.credentials import secured
 from tests.gateway import Gateway, serve
 from tests.processes import upgraded
+from tokenrelay.auth.keys import issue_key
 from tokenrelay.events import Failed, TextDelta
 
 playwright_api = pytest.importorskip("playwright.async_api")
@@ -81,7 +83,9 @@ def words(count: int) -> list[str]:
 
 
 @contextlib.asynccontextmanager
-async def chat_page(browser: Any, gateway: Gateway, **context: Any) -> AsyncIterator[Any]:
+async def chat_page(
+    browser: Any, gateway: Gateway, path: str = "/", **context: Any
+) -> AsyncIterator[Any]:
     """The page, loaded; closed before the gateway stops so no connection outlives it."""
     options = {"viewport": {"width": 1000, "height": 640}, "bypass_csp": True, **context}
     ctx = await browser.new_context(**options)
@@ -91,7 +95,7 @@ async def chat_page(browser: Any, gateway: Gateway, **context: Any) -> AsyncIter
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.errors = errors
-        await page.goto(gateway.url + "/")
+        await page.goto(gateway.url + path)
         await page.wait_for_selector("#model option", state="attached", timeout=WAIT_MS)
         yield page
     finally:
@@ -314,43 +318,33 @@ async def test_without_stored_conversations_the_page_keeps_one_in_the_tab(browse
 
 
 async def test_a_key_in_the_address_is_kept_sent_as_bearer_and_removed(browser: Any) -> None:
-    async with serve() as gateway, chat_page(browser, gateway, bypass_csp=False) as page:
-        console: list[str] = []
-        page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
-        requests: list[Any] = []
-        page.on("request", lambda request: requests.append(request))
-        await page.goto(gateway.url + "/?key=sk-test-123")
-        await page.wait_for_selector("#model option", state="attached", timeout=WAIT_MS)
-        assert page.url == gateway.url + "/"
-        assert await page.evaluate("localStorage.getItem('tokenrelay.key')") == '"sk-test-123"'
-        # ``request.headers`` can be provisional and lack Authorization; all_headers() is what
-        # went on the wire.
-        sent = [
-            (await request.all_headers()).get("authorization")
-            for request in requests
-            if "/v1/" in request.url
-        ]
-        assert sent and all(header == "Bearer sk-test-123" for header in sent)
+    # Auth is on and the keys are real, so the gateway itself checks that the page sends them:
+    # a request without the bearer is a 401, and the page would ask for a key instead.
+    async with serve(**secured()) as gateway:
+        accounts = gateway.app.state.accounts
+        first, first_key = await issue_key(accounts, "page-user", ("chat",))
+        async with chat_page(browser, gateway, path=f"/?key={first_key}", bypass_csp=False) as page:
+            console: list[str] = []
+            page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
+            assert page.url == gateway.url + "/"
+            stored = await page.evaluate("localStorage.getItem('tokenrelay.key')")
+            assert stored == f'"{first_key}"'
+            await ask(page, "hello")
+            await wait_until_done(page)
 
-        # A server that refuses the key: the page asks for another.
-        await page.route(
-            "**/v1/models",
-            lambda route: route.fulfill(
-                status=401,
-                content_type="application/json",
-                body='{"error": {"message": "bad key", "type": "auth", "code": "unauthorized"}}',
-            ),
-        )
-        await page.reload()
-        await page.wait_for_selector("#key-dialog[open]", timeout=WAIT_MS)
-        await page.unroute("**/v1/models")
-        await page.fill("#key-input", "sk-other")
-        await page.keyboard.press("Enter")
-        await page.wait_for_selector("#model option", state="attached", timeout=WAIT_MS)
-        last = [request for request in requests if "/v1/" in request.url][-1]
-        assert (await last.all_headers()).get("authorization") == "Bearer sk-other"
-        # Under the page's own Content-Security-Policy nothing was refused but the 401.
-        assert [c for c in console if "401" not in c] == []
+            # The key is revoked: the page asks for another and goes on with it.
+            await accounts.revoke_key(first.id)
+            gateway.app.state.authenticator.forget_keys()  # as the admin route does
+            await page.reload()
+            await page.wait_for_selector("#key-dialog[open]", timeout=WAIT_MS)
+            _, second_key = await issue_key(accounts, "page-user", ("chat",))
+            await page.fill("#key-input", second_key)
+            await page.keyboard.press("Enter")
+            await page.wait_for_selector("#model option", state="attached", timeout=WAIT_MS)
+            await ask(page, "again")
+            await wait_until_done(page)
+            # Under the page's own Content-Security-Policy nothing was refused but the 401.
+            assert [c for c in console if "401" not in c] == []
 
 
 async def test_on_a_dark_phone_the_list_opens_from_the_menu_button(browser: Any) -> None:
