@@ -82,10 +82,11 @@ def decide(state: State, quota: Quota, cost: int, lease: str, now: float, ttl: f
     requests = refill(state.requests, state.requests_at, rpm, now) if rpm else None
     tokens = refill(state.tokens, state.tokens_at, tpm, now) if tpm else None
     used = state.used if state.day == day else 0
-    for held, expiry in list(state.leases.items()):
-        if expiry <= now:
-            del state.leases[held]
     live = len(state.leases)
+    if slots and live >= slots:
+        # Expired leases only matter at the limit: dropping them on every admission would
+        # cost each new stream a pass over all of the subject's live ones.
+        live = drop_expired(state, now)
 
     code, retry = None, 0.0
     if tpd and used + min(cost, tpd) > tpd:
@@ -109,6 +110,14 @@ def decide(state: State, quota: Quota, cost: int, lease: str, now: float, ttl: f
     state.leases[lease] = now + ttl
     state.touched = now
     return Decision(None, 0.0, requests, tokens, live + 1, day)
+
+
+def drop_expired(state: State, now: float) -> int:
+    """Forget the leases whose holder stopped renewing them; return how many are left."""
+    for held, expiry in list(state.leases.items()):
+        if expiry <= now:
+            del state.leases[held]
+    return len(state.leases)
 
 
 def correct(state: State, quota: Quota, correction: int, day: int, now: float) -> None:

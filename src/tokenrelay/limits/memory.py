@@ -9,7 +9,16 @@ from __future__ import annotations
 import time
 
 from tokenrelay.config import Quota
-from tokenrelay.limits.base import DAY, Decision, Lease, Limiter, State, correct, decide
+from tokenrelay.limits.base import (
+    DAY,
+    Decision,
+    Lease,
+    Limiter,
+    State,
+    correct,
+    decide,
+    drop_expired,
+)
 
 
 class MemoryLimiter(Limiter):
@@ -47,5 +56,5 @@ class MemoryLimiter(Limiter):
         # Untouched for a day, with no lease, a subject's state is what a fresh one would be
         # (full buckets, a new day's tally): the dict only grows with the day's active users.
         for subject, state in list(self.states.items()):
-            if not state.leases and now - state.touched > DAY:
+            if not drop_expired(state, now) and now - state.touched > DAY:
                 del self.states[subject]
