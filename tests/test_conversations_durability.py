@@ -9,6 +9,7 @@ import asyncio
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -38,6 +39,30 @@ from tokenrelay.store.engine import create_engine
 from tokenrelay.store.models import Base
 
 FULL = "".join(words(400))
+# Short reply leases, so that a lost instance's replies are found within a test's patience.
+LEASE = 1.0
+
+
+async def status_becomes(
+    http: aiohttp.ClientSession, gateway: Gateway, cid: str, status: str, within: float
+) -> dict[str, Any]:
+    """The conversation's last message, once it has ``status``."""
+    deadline = time.monotonic() + within
+    while True:
+        last = (await messages(http, gateway, cid))[-1]
+        if last["status"] == status or time.monotonic() > deadline:
+            return last
+        await asyncio.sleep(0.1)
+
+
+async def until_stored(store: Store, cid: str, count: int) -> list[MessageRecord]:
+    """The conversation's messages, once there are ``count`` of them."""
+    async with asyncio.timeout(10):
+        while True:
+            page = await store.list_messages(None, cid, limit=100)
+            if len(page.items) >= count:
+                return page.items
+            await asyncio.sleep(0.02)
 
 
 async def test_history_survives_a_restart_and_is_the_next_replys_context(
@@ -196,7 +221,7 @@ async def test_kill_9_mid_stream_leaves_an_interrupted_message_with_the_checkpoi
     config = tmp_path / "tokenrelay.toml"
     config.write_text(
         '[models.demo]\nprovider = "scripted"\n\n'
-        f"[conversations]\ncheckpoint_interval = {interval}\n"
+        f"[conversations]\ncheckpoint_interval = {interval}\nreply_lease = {LEASE}\n"
     )
     env = {"TOKENRELAY_DATABASE_URL": database_url}
     async with serve_process(config, env=env) as served:
@@ -225,8 +250,9 @@ async def test_kill_9_mid_stream_leaves_an_interrupted_message_with_the_checkpoi
         left = await stored_message(store, message_id)
     finally:
         await store.close()
-    async with serve(database_url=database_url) as gateway:
-        [_, reply] = await messages(http, gateway, cid)
+    async with serve(database_url=database_url, conversations={"reply_lease": LEASE}) as gateway:
+        # Marked when its lease runs out: at this start, or by the next sweep after it.
+        reply = await status_becomes(http, gateway, cid, "interrupted", within=LEASE * 5)
 
     assert left.status == "streaming"
     assert reply["id"] == message_id
@@ -237,6 +263,34 @@ async def test_kill_9_mid_stream_leaves_an_interrupted_message_with_the_checkpoi
     surely_saved = [seen for at, seen in received if at < killed_at - interval - 0.8]
     assert surely_saved, "the stream did not run long enough before the kill"
     assert len(reply["content"]) >= len(surely_saved[-1])
+
+
+async def test_a_second_instance_leaves_the_first_ones_live_reply_alone(
+    http: aiohttp.ClientSession, database_url: str
+) -> None:
+    # A rolling restart: instance B starts (and sweeps) while A is mid-reply on the same
+    # database, for longer than a lease; A's reply stays streaming and ends complete.
+    leased = {"reply_lease": LEASE, "checkpoint_interval": 0.1}
+    async with serve(database_url=database_url, conversations=leased) as first:
+        cid = await create(http, first)
+        reply = asyncio.create_task(
+            post_turn(http, first, cid, turn(tokens=words(60), delay=LEASE * 4 / 60))
+        )
+        store: Store = first.app.state.store
+        [_, live] = await until_stored(store, cid, 2)
+        seen: set[str] = set()
+        async with serve(database_url=database_url, conversations=leased):
+            deadline = time.monotonic() + LEASE * 2.5
+            while time.monotonic() < deadline:
+                seen.add((await stored_message(store, live.id)).status)
+                await asyncio.sleep(0.05)
+        events = await reply
+        done = await settled(store, live.id)
+
+    assert seen == {"streaming"}
+    assert events[-1].event == "done"
+    assert done.status == "complete"
+    assert done.content == "".join(words(60))
 
 
 async def test_fifty_concurrent_streams_into_one_database_all_persist(

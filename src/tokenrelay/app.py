@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 app.state.relay = Relay(settings, providers)
                 app.state.store = store
                 app.state.conversations = Conversations(store, app.state.relay, settings)
+                app.state.conversations.start()
                 app.state.accounts = accounts = Accounts(store)
                 app.state.authenticator = Authenticator(settings.auth, accounts)
                 app.state.gate = gate = Gate(

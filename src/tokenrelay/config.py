@@ -188,6 +188,10 @@ class ConversationSettings(_Strict):
     # once ``checkpoint_tokens`` deltas are pending: a crash loses at most that much text.
     checkpoint_interval: float = Field(default=1.0, gt=0)
     checkpoint_tokens: int = Field(default=100, ge=1)
+    # A streaming reply is leased to the instance streaming it, which renews the lease every
+    # third of this; once an instance stops renewing (a crash), any instance marks its replies
+    # ``interrupted`` within about this long. Instances must share a clock (NTP) to this grain.
+    reply_lease: float = Field(default=10.0, gt=0)
     # For models whose config names no ``context_window``.
     default_context_window: int = Field(default=8_192, gt=0)
     # Room kept for the reply when a request gives no ``max_tokens``.

@@ -15,6 +15,8 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from tokenrelay import errors
 from tokenrelay.chat import ChatRequest, Message, Role
 from tokenrelay.config import Settings
@@ -90,6 +92,25 @@ class Conversations:
         self._live: dict[str, Stream] = {}
         self._starting: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._leases: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._leases = asyncio.create_task(self._keep_leases(), name="reply-leases")
+
+    async def _keep_leases(self) -> None:
+        """Renew the leases on this instance's live replies; end those whose instance died."""
+        lease = self.settings.conversations.reply_lease
+        while True:
+            await asyncio.sleep(lease / 3)
+            try:
+                # Renewing first: this instance's own replies are never taken for lost.
+                await self.store.renew_replies(list(self.recorders), lease)
+                swept = await self.store.interrupt_streaming()
+            except (SQLAlchemyError, OSError) as exc:
+                logger.warning("renewing reply leases failed: %s", exc)
+                continue
+            if swept:
+                logger.warning("%d replies whose instance stopped were marked interrupted", swept)
 
     async def take_turn(self, owner: str | None, conversation_id: str, turn: Turn) -> StartedTurn:
         """Save the user's message, then start the reply; the stream is returned at once."""
@@ -137,7 +158,12 @@ class Conversations:
         linger = self.settings.streams.resume_grace
         stream = self.relay.start(request, owner=owner, linger=linger, admitted=admitted)
         try:
-            reply = await self.store.start_reply(conversation_id, model=name, stream_id=stream.id)
+            reply = await self.store.start_reply(
+                conversation_id,
+                model=name,
+                stream_id=stream.id,
+                lease=self.settings.conversations.reply_lease,
+            )
         except BaseException:
             stream.cancel(errors.UpstreamError("the reply could not be stored"))
             raise
@@ -287,6 +313,10 @@ class Conversations:
 
     async def aclose(self, grace: float = 10.0) -> None:
         """Let recorders write the ends of the streams (already stopped by the relay)."""
+        if self._leases is not None:
+            self._leases.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._leases
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=grace)
         for task in list(self._tasks):

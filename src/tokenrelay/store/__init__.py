@@ -29,7 +29,11 @@ def database_url(settings: Settings) -> str:
 
 
 async def open_store(settings: Settings) -> Store:
-    """Connect, refuse a schema that is not current, and mark replies a crash cut off."""
+    """Connect, refuse a schema that is not current, and mark replies a crash cut off.
+
+    Only replies whose lease has run out are marked: another instance may be streaming the
+    rest right now (see ``Conversations``, which renews leases and sweeps while running).
+    """
     store = await Store.open(database_url(settings))
     try:
         interrupted = await store.interrupt_streaming()

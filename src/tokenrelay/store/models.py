@@ -108,3 +108,6 @@ class Message(Base):
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # While a reply streams, the instance streaming it keeps pushing this forward; a reply
+    # left ``streaming`` past it lost its instance (a crash) and is marked ``interrupted``.
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())

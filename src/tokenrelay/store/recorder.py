@@ -128,5 +128,6 @@ class Recorder:
                     exc,
                 )
                 await asyncio.sleep(0.2 * attempt)
-        # Left ``streaming``: the next start marks it interrupted with its last checkpoint.
+        # Left ``streaming``: once its lease runs out, it is marked interrupted with its last
+        # checkpoint.
         logger.error("message %s could not be finished in the store", self.message_id)

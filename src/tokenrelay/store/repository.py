@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Collection
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar, cast
 
 from sqlalchemy import ColumnElement, Table, and_, delete, insert, or_, select, text, update
@@ -26,6 +26,8 @@ from tokenrelay.store.models import Conversation, Message, MessageStatus, utcnow
 
 T = TypeVar("T")
 REOPENABLE = ("streaming", "interrupted")
+# Leases renewed per statement: a bounded IN list whatever the number of live replies.
+RENEW_BATCH = 500
 conversations = cast(Table, Conversation.__table__)
 messages = cast(Table, Message.__table__)
 
@@ -56,6 +58,7 @@ class MessageRecord:
     completion_tokens: int | None
     created_at: datetime
     updated_at: datetime
+    lease_until: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,11 +298,15 @@ class Store:
         return [MessageRecord(**value) for value in values]
 
     async def start_reply(
-        self, conversation_id: str, *, model: str, stream_id: str
+        self, conversation_id: str, *, model: str, stream_id: str, lease: float
     ) -> MessageRecord:
-        """The assistant's message, ``streaming`` and empty until the recorder fills it."""
-        value = _new_message(conversation_id, "assistant", "", "streaming", utcnow())
-        value.update(model=model, stream_id=stream_id)
+        """The assistant's message, ``streaming`` and empty until the recorder fills it.
+
+        It is leased to this instance for ``lease`` seconds; :meth:`renew_replies` extends that.
+        """
+        now = utcnow()
+        value = _new_message(conversation_id, "assistant", "", "streaming", now)
+        value.update(model=model, stream_id=stream_id, lease_until=now + timedelta(seconds=lease))
         async with self._write() as connection:
             result = await connection.execute(insert(messages).values(**value))
         value["seq"] = _primary_key(result)
@@ -310,13 +317,26 @@ class Store:
         async with self._write() as connection:
             await connection.execute(
                 update(messages)
-                # An instance starting up marks every streaming message interrupted; a reply
-                # that is in fact alive on another instance takes its status back here.
-                .where(
-                    messages.c.id == message_id, messages.c.status.in_(("streaming", "interrupted"))
-                )
+                .where(messages.c.id == message_id, messages.c.status.in_(REOPENABLE))
                 .values(content=content, status="streaming", updated_at=utcnow())
             )
+
+    async def renew_replies(self, message_ids: Collection[str], lease: float) -> None:
+        """Extend this instance's leases on the replies it is streaming."""
+        until = utcnow() + timedelta(seconds=lease)
+        ids = list(message_ids)
+        async with self._write() as connection:
+            for start in range(0, len(ids), RENEW_BATCH):
+                await connection.execute(
+                    update(messages)
+                    # A reply another instance took for lost while this one could not reach
+                    # the database (its lease ran out) is alive after all: it is taken back.
+                    .where(
+                        messages.c.id.in_(ids[start : start + RENEW_BATCH]),
+                        messages.c.status.in_(REOPENABLE),
+                    )
+                    .values(lease_until=until, status="streaming")
+                )
 
     async def finish_reply(
         self,
@@ -353,11 +373,18 @@ class Store:
                 )
 
     async def interrupt_streaming(self) -> int:
-        """Mark replies left ``streaming`` by a crash ``interrupted``, keeping their text."""
+        """Mark ``interrupted`` the replies left ``streaming`` past their lease, keeping their text.
+
+        Their instance stopped (a crash, a kill -9) without ending them; replies that live
+        instances are streaming keep renewing their leases and are left alone.
+        """
         async with self._write() as connection:
             result = await connection.execute(
                 update(messages)
-                .where(messages.c.status == "streaming")
+                .where(
+                    messages.c.status == "streaming",
+                    or_(messages.c.lease_until.is_(None), messages.c.lease_until < utcnow()),
+                )
                 .values(status="interrupted", updated_at=utcnow())
             )
         return int(result.rowcount)
