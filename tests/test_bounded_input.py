@@ -217,3 +217,38 @@ async def test_regression_max_tokens_must_be_a_real_integer(
     async with serve() as gateway, http.post(f"{gateway.url}/chat/stream", json=body) as response:
         assert response.status == 400
         assert "max_tokens" in (await response.json())["error"]["message"]
+
+
+@pytest.mark.parametrize("path", WIRES)
+async def test_an_unexpected_failure_is_a_logged_json_500_and_the_server_goes_on(
+    path: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("a bug")
+
+    # uvicorn closes a connection whose request failed: one connection per request here.
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with serve() as running, aiohttp.ClientSession(connector=connector) as http:
+        monkeypatch.setattr(running.relay, "open", broken)
+        request = {"model": "demo", "messages": [user()], "stream": True}
+        async with http.post(running.url + path, json=request) as response:
+            assert response.status == 500
+            payload = await response.json()
+        monkeypatch.undo()
+        async with http.post(running.url + path, json=request) as response:
+            after = response.status
+
+    assert payload["error"]["code"] == "internal_error"
+    assert "a bug" not in str(payload)
+    assert any("a bug" in str(r.exc_info) for r in caplog.records if r.exc_info)
+    assert after == 200
+
+
+@pytest.mark.parametrize("path", WIRES)
+async def test_a_get_on_a_stream_starting_route_is_405(
+    http: aiohttp.ClientSession, gateway: Gateway, path: str
+) -> None:
+    async with http.get(gateway.url + path) as response:
+        await error_of(response, 405)

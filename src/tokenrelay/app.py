@@ -27,6 +27,7 @@ from tokenrelay.relay import Relay
 from tokenrelay.store import Accounts, Store, open_store
 from tokenrelay.wires import admin, anthropic, conversations, native, openai, seed, websocket
 from tokenrelay.wires.http import JSONResponse, error_response
+from tokenrelay.wires.lanes import Handler, Lanes
 
 logger = logging.getLogger("tokenrelay")
 READY_DB_TIMEOUT = 2.0
@@ -73,11 +74,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
         finally:
             await store.close()
 
+    # The POST routes that start streams, also answered by Lanes on a shorter path.
+    stream_starts: dict[str, Handler] = {
+        "/v1/chat/completions": openai.chat_completions,
+        "/v1/messages": anthropic.create_message,
+        "/v1/streams": native.start_stream,
+        "/chat/stream": seed.chat_stream,
+        "/api/v1/chat/stream": seed.chat_stream,
+    }
     routes = [
-        Route("/v1/chat/completions", openai.chat_completions, methods=["POST"]),
+        *(Route(path, handler, methods=["POST"]) for path, handler in stream_starts.items()),
         Route("/v1/models", openai.list_models, methods=["GET"]),
-        Route("/v1/messages", anthropic.create_message, methods=["POST"]),
-        Route("/v1/streams", native.start_stream, methods=["POST"]),
         Route("/v1/streams/{stream_id}", native.attach_stream, methods=["GET"]),
         Route("/v1/streams/{stream_id}", native.cancel_stream, methods=["DELETE"]),
         Route("/v1/conversations", conversations.create_conversation, methods=["POST"]),
@@ -105,8 +112,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
             conversations.post_message,
             methods=["POST"],
         ),
-        Route("/chat/stream", seed.chat_stream, methods=["POST"]),
-        Route("/api/v1/chat/stream", seed.chat_stream, methods=["POST"]),
         WebSocketRoute("/ws/chat", websocket.chat_socket),
         Route("/v1/admin/keys", admin.create_key, methods=["POST"]),
         Route("/v1/admin/keys", admin.list_keys, methods=["GET"]),
@@ -124,6 +129,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         middleware=[
             Middleware(AuthMiddleware, settings=settings.auth),
             Middleware(RateLimitHeaders),
+            Middleware(Lanes, routes={("POST", p): h for p, h in stream_starts.items()}),
         ],
         exception_handlers={
             errors.TokenRelayError: _relay_error,
