@@ -109,7 +109,9 @@ class Quota(_Strict):
 
     def over(self, base: Quota) -> Quota:
         """This quota's limits where it sets them, ``base``'s elsewhere."""
-        return base.model_copy(update=self.model_dump(exclude_none=True))
+        update = self.model_dump(exclude_none=True)
+        # Most keys set no limits of their own: then the base quota itself will do.
+        return base.model_copy(update=update) if update else base
 
 
 class RateLimitSettings(Quota):

@@ -29,6 +29,7 @@ MAX_TOKEN_CHARS = 8_192
 @dataclass(slots=True)
 class _Cached:
     record: KeyRecord
+    principal: Principal
     until: float
 
 
@@ -69,9 +70,7 @@ class Authenticator:
         digest = keys.hash_key(token)
         now = time.monotonic()
         cached = self._keys.get(digest)
-        if cached is not None and cached.until > now:
-            record = cached.record
-        else:
+        if cached is None or cached.until <= now:
             try:
                 found = await self.accounts.key_by_hash(digest)
             except Exception:
@@ -79,18 +78,13 @@ class Authenticator:
                 raise unavailable() from None
             if found is None or not keys.matches(token, found.key_hash):
                 raise refused()
-            record = found
+            cached = _Cached(found, _principal(found), now + self.settings.key_cache_ttl)
             if self.settings.key_cache_ttl > 0:
-                self._keys[digest] = _Cached(record, now + self.settings.key_cache_ttl)
+                self._keys[digest] = cached
         # Checked on every use, cached or not: a key expires on time.
-        if not record.usable(utcnow()):
+        if not cached.record.usable(utcnow()):
             raise refused()
-        return Principal(
-            user=record.owner,
-            scopes=frozenset(record.scopes),
-            key_id=record.id,
-            limits=Quota.model_validate(record.limits),
-        )
+        return cached.principal
 
     async def _by_jwt(self, token: str) -> Principal:
         assert self.jwt is not None
@@ -103,6 +97,15 @@ class Authenticator:
                 raise unavailable() from None
             self._known_users.add(claims.subject)
         return Principal(user=claims.subject, scopes=claims.scopes)
+
+
+def _principal(record: KeyRecord) -> Principal:
+    return Principal(
+        user=record.owner,
+        scopes=frozenset(record.scopes),
+        key_id=record.id,
+        limits=Quota.model_validate(record.limits),
+    )
 
 
 def valid_user_name(name: str) -> bool:
