@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import time
 import tracemalloc
@@ -217,12 +218,28 @@ async def test_slow_reader_never_slows_the_generation_or_a_fast_viewer(
 
 
 async def test_stuck_viewer_is_dropped_and_the_other_viewer_gets_everything(
-    http: aiohttp.ClientSession,
+    http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    await _stuck_viewer_is_dropped(http, caplog)
+    # The drop is a warning of the gateway's own, not an error from the server.
+    assert [r.levelname for r in caplog.records if "dropped a client" in r.getMessage()] == [
+        "WARNING"
+    ]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def _stuck_viewer_is_dropped(
+    http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:
     count = 1500
     token = "x" * 200
     script = chat(tokens=[token], repeat=count, delay=0.001, first_delay=0.5)
-    async with serve(streams={"send_timeout": 0.5}) as gateway, raw_clients() as clients:
+    async with (
+        serve(streams={"send_timeout": 0.5}) as gateway,
+        raw_clients() as clients,
+        server_log_captured(caplog),
+    ):
         stuck = await RawClient.open(gateway, "POST", "/v1/streams", script)
         clients.append(stuck)
         assert await stuck.read_head() == 200
@@ -251,6 +268,20 @@ async def test_stuck_viewer_is_dropped_and_the_other_viewer_gets_everything(
     assert stream.status == "complete"
     assert tokens_of(events) == token * count
     assert events[-1].event == "done"
+
+
+@contextlib.asynccontextmanager
+async def server_log_captured(caplog: pytest.LogCaptureFixture) -> AsyncIterator[None]:
+    """uvicorn's own log in ``caplog`` too (its loggers do not propagate to the root one).
+
+    Entered once the server runs: uvicorn's logging setup drops handlers added before it.
+    """
+    server_log = logging.getLogger("uvicorn.error")
+    server_log.addHandler(caplog.handler)
+    try:
+        yield
+    finally:
+        server_log.removeHandler(caplog.handler)
 
 
 async def test_stuck_sole_viewer_of_a_native_stream_leaves_it_running_for_a_resume() -> None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 
 import uvicorn
 from starlette.applications import Starlette
 
 from tokenrelay.config import Settings
+from tokenrelay.wires.relaying import dropped_client
+
+UNFINISHED = "ASGI callable returned without completing response"
 
 
 class GatewayServer(uvicorn.Server):
@@ -21,6 +25,9 @@ class GatewayServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, *, send_timeout: float = 30.0) -> None:
         super().__init__(config)
         self.send_timeout = send_timeout
+        server_log = logging.getLogger("uvicorn.error")
+        if not any(isinstance(f, QuietDroppedClients) for f in server_log.filters):
+            server_log.addFilter(QuietDroppedClients())
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         if sockets is None:
@@ -36,6 +43,19 @@ class GatewayServer(uvicorn.Server):
         if relay is not None:
             await relay.shutdown()
         await super().shutdown(sockets)
+
+
+class QuietDroppedClients(logging.Filter):
+    """Drop uvicorn's ERROR for a response the gateway left unfinished on purpose.
+
+    A response lets go of a client that stopped reading (its send timeout) without finishing,
+    as finishing would wait on that client too; it logs the drop itself and marks its task
+    (:data:`~tokenrelay.wires.relaying.dropped_client`), and uvicorn logs from the same task.
+    Any other unfinished response is still reported: that one is a bug.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (dropped_client.get() and record.getMessage().startswith(UNFINISHED))
 
 
 def abort_stuck_clients(sock: socket.socket, send_timeout: float) -> None:

@@ -7,8 +7,10 @@ runs, so when the last viewer of a stateless stream leaves, the generation is ca
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -28,9 +30,16 @@ SSE_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
+logger = logging.getLogger("tokenrelay.wires")
+
 PING = b": ping\n\n"
 # A slow reader's socket buffer holds at most about this much text beyond the transport's own.
 MAX_WRITE_CHARS = 16 * 1024
+# Set in a response's task when it lets go of a client that stopped reading. The response is
+# left unfinished on purpose, which uvicorn reports at ERROR once the task returns; the server
+# filters that one report out (tokenrelay.server.QuietDroppedClients), as this module already
+# logged the drop.
+dropped_client: ContextVar[bool] = ContextVar("tokenrelay_dropped_client", default=False)
 
 
 class Encoder(Protocol):
@@ -162,6 +171,12 @@ class EventStreamResponse:
             await send({"type": "http.response.body", "body": data, "more_body": True})
         except asyncio.CancelledError:
             if deadline.expired():
+                logger.warning(
+                    "dropped a client of stream %s: it read nothing for %ss",
+                    self.stream.id,
+                    self.settings.send_timeout,
+                )
+                dropped_client.set(True)
                 return False
             raise
         deadline.move(math.inf)
