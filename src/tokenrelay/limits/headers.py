@@ -70,6 +70,8 @@ class RateLimitHeaders:
             if message["type"] == "http.response.start" and pending:
                 extra = [(k.encode(), v.encode()) for k, v in pending.items()]
                 message = {**message, "headers": [*message.get("headers", ()), *extra]}
+                # A stream's response lives as long as the stream: keep nothing it no longer needs.
+                pending.clear()
             await send(message)
 
         try:
