@@ -24,14 +24,14 @@ from tokenrelay.relay.deadline import Deadline
 from tokenrelay.relay.stream import Stream
 from tokenrelay.wires.http import error_response
 
+logger = logging.getLogger("tokenrelay.wires")
+
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     # Proxies and browsers must pass each event on as it comes.
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
-logger = logging.getLogger("tokenrelay.wires")
-
 PING = b": ping\n\n"
 # A slow reader's socket buffer holds at most about this much text beyond the transport's own.
 MAX_WRITE_CHARS = 16 * 1024
