@@ -234,6 +234,13 @@ async def serve_until_signalled(fake: FakeUpstream, name: str) -> None:
         await fake.stop()
 
 
+def run_until_signalled(fake: FakeUpstream, name: str) -> None:
+    """A fake as its own process, on uvloop (as the gateway runs) so it costs a benchmark little."""
+    import uvloop
+
+    uvloop.run(serve_until_signalled(fake, name))
+
+
 def argument_parser(module: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"python -m {module}", description=description)
     parser.add_argument("--host", default="127.0.0.1")

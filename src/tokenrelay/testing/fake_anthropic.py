@@ -76,8 +76,8 @@ from tokenrelay.testing._fake import (
     ScriptError,
     argument_parser,
     fake_prompt,
+    run_until_signalled,
     script_problem,
-    serve_until_signalled,
     start_stream,
     write_paced,
 )
@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--api-key", default=None, help="require this x-api-key")
     args = parser.parse_args(argv)
     fake = FakeAnthropic(host=args.host, port=args.port, api_key=args.api_key, record=args.record)
-    asyncio.run(serve_until_signalled(fake, "fake-anthropic"))
+    run_until_signalled(fake, "fake-anthropic")
 
 
 if __name__ == "__main__":

@@ -79,8 +79,8 @@ from tokenrelay.testing._fake import (
     ScriptError,
     argument_parser,
     fake_prompt,
+    run_until_signalled,
     script_problem,
-    serve_until_signalled,
     start_stream,
     write_paced,
 )
@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     fake = FakeOpenAI(host=args.host, port=args.port, record=args.record)
-    asyncio.run(serve_until_signalled(fake, "fake-openai"))
+    run_until_signalled(fake, "fake-openai")
 
 
 if __name__ == "__main__":
