@@ -252,3 +252,26 @@ async def test_a_get_on_a_stream_starting_route_is_405(
 ) -> None:
     async with http.get(gateway.url + path) as response:
         await error_of(response, 405)
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        (
+            {"role": "user", "content": 123},
+            "messages.0.content: Input should be a valid string or a valid list",
+        ),
+        (
+            {"role": "user", "content": [{"type": "text", "text": 5}]},
+            "messages.0.content.0.text: Input should be a valid string",
+        ),
+    ],
+    ids=["neither-string-nor-parts", "a-bad-part"],
+)
+async def test_a_union_field_is_named_as_the_client_wrote_it(
+    http: aiohttp.ClientSession, gateway: Gateway, message: dict[str, Any], expected: str
+) -> None:
+    # Not pydantic's member tags ("content.str"): the field, and what would have been valid.
+    request = {"messages": [message]}
+    async with http.post(gateway.url + "/v1/chat/completions", json=request) as response:
+        assert await error_of(response, 400) == expected

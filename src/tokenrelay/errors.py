@@ -206,8 +206,33 @@ def from_code(code: str, message: str, *, retry_after: float | None = None) -> T
 
 
 def invalid_request(exc: ValidationError, prefix: str = "") -> InvalidRequest:
-    """A pydantic failure as a 400 naming the first offending field (``prefix`` before it)."""
-    first = exc.errors()[0]
-    where = ".".join(str(part) for part in first["loc"])
+    """A pydantic failure as a 400 naming the offending field (``prefix`` before it).
+
+    A value that fits no member of a union fails once per member, each under that member's
+    tag (``content.str``, ``content.list[TextPart].0.text``). The deepest failure got
+    furthest, so it is the one named; the failures at the same place are joined ("a valid
+    string or a valid list"); member tags never show.
+    """
+    problems = exc.errors()
+    deepest = max(problems, key=lambda problem: len(problem["loc"]))
+    where = _field_path(deepest["loc"])
+    messages = list(dict.fromkeys(p["msg"] for p in problems if _field_path(p["loc"]) == where))
     where = ".".join(part for part in (prefix, where) if part) or "body"
-    return InvalidRequest(f"{where}: {first['msg']}")
+    return InvalidRequest(f"{where}: {_either(messages)}")
+
+
+# Tags pydantic puts in a location for a union's members, as opposed to field names and keys.
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "bytes", "none", "dict", "list"})
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    parts = (str(part) for part in loc)
+    return ".".join(p for p in parts if p not in _TYPE_TAGS and "[" not in p)
+
+
+def _either(messages: list[str]) -> str:
+    """``Input should be a valid string or a valid list`` from the two sentences."""
+    stem = "Input should be "
+    if len(messages) > 1 and all(m.startswith(stem) for m in messages):
+        return stem + " or ".join(m.removeprefix(stem) for m in messages)
+    return "; or ".join(messages)
