@@ -385,6 +385,33 @@ async def test_dropped_turns_can_be_replaced_by_a_summary_the_model_writes(
     assert stored == 1 + 400 + 2
 
 
+async def test_the_users_message_is_stored_before_the_summary_is_written(
+    http: aiohttp.ClientSession, database_url: str
+) -> None:
+    # The summary is a whole generation (here a slow one): a crash during it must not lose the
+    # message the user sent, so that message is in the store before the summary starts.
+    options = {"script": {"delay": 0.1}}
+    models = {"small": {"provider": "scripted", "context_window": 512, "options": options}}
+    summaries = {"summarize_dropped": True, "summary_tokens": 16}
+    async with serve(database_url=database_url, models=models, conversations=summaries) as gw:
+        cid = await create(http, gw)
+        history = [(role, "lorem ipsum " * 20) for _ in range(40) for role in ("user", "assistant")]
+        await store_of(gw).add_messages(cid, history, model="small")
+        posting = asyncio.create_task(post_turn(http, gw, cid, turn("the newest question")))
+        while not gw.relay.streams:
+            await asyncio.sleep(0.01)
+        [summarizing] = gw.relay.streams.values()
+        stored_while_summarizing = await messages(http, gw, cid)
+        still_summarizing = not summarizing.finished
+        events = await posting
+
+    assert still_summarizing
+    # The user's message is stored, and the reply not started yet: this stream is the summary.
+    last = stored_while_summarizing[-1]
+    assert (last["role"], last["content"]) == ("user", "the newest question")
+    assert events[-1].event == "done"
+
+
 async def messages_count(http: aiohttp.ClientSession, gateway: Gateway, cid: str) -> int:
     count, params = 0, {"limit": "100"}
     url = f"{gateway.url}/v1/conversations/{cid}/messages"

@@ -83,6 +83,18 @@ def _clean_title(text: str) -> str | None:
     return title[:TITLE_CHARS] or None
 
 
+@dataclass(frozen=True, slots=True)
+class Fitted:
+    """A turn's context: what fits the window, and the turns that did not (to summarize)."""
+
+    messages: list[Message]
+    system: int
+    """How many of ``messages`` are system messages (they come first)."""
+    dropped: list[Message]
+    """Oldest first; empty unless ``summarize_dropped`` is on."""
+    window: int
+
+
 class Conversations:
     def __init__(self, store: Store, relay: Relay, settings: Settings) -> None:
         self.store = store
@@ -139,12 +151,20 @@ class Conversations:
         check_max_tokens(turn.max_tokens, limits)
         name, provider = self.relay.provider_for(turn.model or conversation.model)
         new = Message(role="user", content=turn.content)
-        messages = await self._context(conversation_id, provider, new, turn.max_tokens)
+        fitted = await self._context(conversation_id, provider, new, turn.max_tokens)
+        messages = fitted.messages
         admitted = await self.relay.admit(ChatRequest(name, messages, turn.max_tokens), owner)
         first_title = fallback_title(turn.content) if conversation.title is None else None
         [user] = await self.store.add_messages(
             conversation_id, [("user", turn.content)], fallback_title=first_title
         )
+        if fitted.dropped:
+            # After the user's message is stored: this is a whole generation, and a crash
+            # during it must not lose what the user sent.
+            summary = await self._summarize(provider.model_name, fitted.dropped, fitted.window)
+            if summary:
+                note = Message(role="system", content=f"{SUMMARY_PREFIX}{summary}")
+                messages = [*messages[: fitted.system], note, *messages[fitted.system :]]
         request = ChatRequest(
             model=name,
             messages=messages,
@@ -182,7 +202,7 @@ class Conversations:
 
     async def _context(
         self, conversation_id: str, provider: Provider, new: Message, max_tokens: int | None
-    ) -> list[Message]:
+    ) -> Fitted:
         settings = self.settings.conversations
         window = provider.context_window or settings.default_context_window
         reserve = max_tokens if max_tokens is not None else min(settings.reply_reserve, window // 4)
@@ -207,13 +227,7 @@ class Conversations:
                 if not summarize or len(dropped) >= SUMMARY_MAX_MESSAGES:
                     break
                 dropped.append(message)
-        messages = fitter.messages()
-        if dropped:
-            summary = await self._summarize(provider.model_name, dropped[::-1], window)
-            if summary:
-                note = Message(role="system", content=f"{SUMMARY_PREFIX}{summary}")
-                messages.insert(len(fitter.system), note)
-        return messages
+        return Fitted(fitter.messages(), len(fitter.system), dropped[::-1], window)
 
     async def _summarize(self, model: str, dropped: list[Message], window: int) -> str | None:
         """The model's summary of ``dropped`` (oldest first), or None if it could not write one."""
