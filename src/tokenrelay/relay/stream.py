@@ -19,6 +19,21 @@ class Stream:
     resume grace period for the native wire and the WebSocket.
     """
 
+    # Thousands live at once: no per-instance __dict__.
+    __slots__ = (
+        "_linger_timer",
+        "_on_idle",
+        "cancel_reason",
+        "created",
+        "id",
+        "linger",
+        "log",
+        "model",
+        "owner",
+        "task",
+        "viewers",
+    )
+
     def __init__(self, stream_id: str, model: str, *, owner: str | None, linger: float) -> None:
         self.id = stream_id
         self.model = model

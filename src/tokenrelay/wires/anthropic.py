@@ -139,6 +139,8 @@ def usage_payload(usage: Usage | None) -> dict[str, int]:
 class MessageEncoder:
     """The Messages stream events, from the start of a stream's log (``Opened`` opens it)."""
 
+    __slots__ = ("_usage", "message_id")
+
     def __init__(self, message_id: str) -> None:
         self.message_id = message_id
         self._usage: Usage | None = None

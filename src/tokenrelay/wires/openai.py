@@ -40,6 +40,8 @@ class CompletionBody(ChatFields):
 class ChunkEncoder:
     """``chat.completion.chunk`` objects as ``data:`` lines, then ``data: [DONE]``."""
 
+    __slots__ = ("_head", "_started", "_usage", "_usage_null", "include_usage")
+
     def __init__(self, completion_id: str, model: str, include_usage: bool) -> None:
         self.include_usage = include_usage
         created = int(time.time())

@@ -53,6 +53,8 @@ class WatchDisconnect:
     The request body must already have been read, so the next ASGI message is the disconnect.
     """
 
+    __slots__ = ("_listener", "_receive", "_task", "disconnected")
+
     def __init__(self, receive: Receive) -> None:
         self._receive = receive
         self.disconnected = False
@@ -103,6 +105,9 @@ async def _no_receive() -> Message:
 
 class EventStreamResponse:
     """Server-Sent Events following a stream's log from ``offset``."""
+
+    # One per open response, thousands at once: no per-instance __dict__.
+    __slots__ = ("encoder", "headers", "offset", "render_error", "settings", "stream")
 
     def __init__(
         self,
