@@ -23,6 +23,7 @@ import orjson
 import pytest
 
 from tests.gateway import Gateway, SSEEvent, parse_sse, read_sse, serve
+from tokenrelay.relay import Stream
 
 SNDBUF = 4096
 RCVBUF = 4096
@@ -144,6 +145,16 @@ def chat(**script: Any) -> dict[str, Any]:
     return {"messages": [{"role": "user", "content": "go"}], "script": script}
 
 
+async def start_raw(
+    gateway: Gateway, clients: list[RawClient], path: str, body: dict[str, Any]
+) -> tuple[RawClient, Stream]:
+    """A raw client that started a stream with ``POST path`` and read the response head."""
+    client = await RawClient.open(gateway, "POST", path, body)
+    clients.append(client)
+    assert await client.read_head() == 200
+    return client, gateway.relay.streams[client.headers["x-stream-id"]]
+
+
 async def wait_until(condition: Any, timeout: float, step: float = 0.01) -> float:
     """Seconds it took ``condition()`` to become true; fails after ``timeout``."""
     loop = asyncio.get_running_loop()
@@ -165,13 +176,9 @@ async def test_slow_reader_never_slows_the_generation_or_a_fast_viewer(
     count, delay = 1500, 0.001
     token = "0123456789" * 20
     async with serve() as gateway, raw_clients() as clients:
-        slow = await RawClient.open(
-            gateway, "POST", "/v1/streams", chat(tokens=[token], repeat=count, delay=delay)
-        )
-        clients.append(slow)
-        assert await slow.read_head() == 200
-        sid = slow.headers["x-stream-id"]
-        stream = gateway.relay.streams[sid]
+        script = chat(tokens=[token], repeat=count, delay=delay)
+        slow, stream = await start_raw(gateway, clients, "/v1/streams", script)
+        sid = stream.id
         started = time.monotonic()
 
         fast_events: list[SSEEvent] = []
@@ -240,10 +247,7 @@ async def _stuck_viewer_is_dropped(
         raw_clients() as clients,
         server_log_captured(caplog),
     ):
-        stuck = await RawClient.open(gateway, "POST", "/v1/streams", script)
-        clients.append(stuck)
-        assert await stuck.read_head() == 200
-        stream = gateway.relay.streams[stuck.headers["x-stream-id"]]
+        stuck, stream = await start_raw(gateway, clients, "/v1/streams", script)
 
         async def follow() -> list[SSEEvent]:
             async with http.get(f"{gateway.url}/v1/streams/{stream.id}") as response:
@@ -289,10 +293,7 @@ async def test_stuck_sole_viewer_of_a_native_stream_leaves_it_running_for_a_resu
     token = "x" * 200
     script = chat(tokens=[token], repeat=count, delay=0.001)
     async with serve(streams={"send_timeout": 0.5}) as gateway, raw_clients() as clients:
-        stuck = await RawClient.open(gateway, "POST", "/v1/streams", script)
-        clients.append(stuck)
-        assert await stuck.read_head() == 200
-        stream = gateway.relay.streams[stuck.headers["x-stream-id"]]
+        _, stream = await start_raw(gateway, clients, "/v1/streams", script)
         await wait_until(lambda: stream.viewers == 0, 5)
         assert not stream.finished
         await wait_until(lambda: stream.finished, 10)
@@ -305,10 +306,7 @@ async def test_regression_a_dropped_client_that_never_reads_is_disconnected_not_
     # listening socket's TCP_USER_TIMEOUT makes the kernel abort it instead.
     script = chat(tokens=["x" * 200], repeat=1500, delay=0.001)
     async with serve(streams={"send_timeout": 0.5}) as gateway, raw_clients() as clients:
-        stuck = await RawClient.open(gateway, "POST", "/v1/streams", script)
-        clients.append(stuck)
-        assert await stuck.read_head() == 200
-        stream = gateway.relay.streams[stuck.headers["x-stream-id"]]
+        stuck, stream = await start_raw(gateway, clients, "/v1/streams", script)
         await wait_until(lambda: stream.viewers == 0, 5)
         await wait_until(lambda: server_side(gateway, stuck) is None, 5)
 
@@ -320,10 +318,7 @@ async def test_stuck_sole_client_of_a_stateless_wire_cancels_the_generation(path
     if path == "/chat/stream":
         del body["stream"]
     async with serve(streams={"send_timeout": 0.5}) as gateway, raw_clients() as clients:
-        stuck = await RawClient.open(gateway, "POST", path, body)
-        clients.append(stuck)
-        assert await stuck.read_head() == 200
-        stream = gateway.relay.streams[stuck.headers["x-stream-id"]]
+        _, stream = await start_raw(gateway, clients, path, body)
         took = await wait_until(lambda: stream.finished, 10)
         # The script alone would run for count * delay = 10 s.
         assert took < count * delay / 2
@@ -335,10 +330,7 @@ async def _peak_memory_with_readers(readers: int, count: int, token: str) -> tup
     """Peak traced bytes while ``readers`` slow readers follow one stream; and its log length."""
     script = chat(tokens=[token], repeat=count, delay=0.001, first_delay=0.3)
     async with serve() as gateway, raw_clients() as clients:
-        starter = await RawClient.open(gateway, "POST", "/v1/streams", script)
-        clients.append(starter)
-        assert await starter.read_head() == 200
-        stream = gateway.relay.streams[starter.headers["x-stream-id"]]
+        _, stream = await start_raw(gateway, clients, "/v1/streams", script)
         for _ in range(readers - 1):
             clients.append(await RawClient.open(gateway, "GET", f"/v1/streams/{stream.id}", None))
         await wait_until(lambda: stream.viewers == readers, 2)
