@@ -47,10 +47,7 @@ class MemoryLimiter(Limiter):
 
     async def live(self, subject: str) -> int:
         state = self.states.get(subject)
-        if state is None:
-            return 0
-        now = time.time()
-        return sum(1 for expiry in state.leases.values() if expiry > now)
+        return 0 if state is None else drop_expired(state, time.time())
 
     def _forget_idle(self, now: float) -> None:
         # Untouched for a day, with no lease, a subject's state is what a fresh one would be

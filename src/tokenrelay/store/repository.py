@@ -378,14 +378,15 @@ class Store:
         Their instance stopped (a crash, a kill -9) without ending them; replies that live
         instances are streaming keep renewing their leases and are left alone.
         """
+        now = utcnow()
         async with self._write() as connection:
             result = await connection.execute(
                 update(messages)
                 .where(
                     messages.c.status == "streaming",
-                    or_(messages.c.lease_until.is_(None), messages.c.lease_until < utcnow()),
+                    or_(messages.c.lease_until.is_(None), messages.c.lease_until < now),
                 )
-                .values(status="interrupted", updated_at=utcnow())
+                .values(status="interrupted", updated_at=now)
             )
         return int(result.rowcount)
 
