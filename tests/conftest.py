@@ -12,6 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from tests.processes import upgraded
+from tokenrelay.client import Client
 from tokenrelay.store.engine import create_engine
 
 # The server the PostgreSQL store tests run on; each run makes (and drops) its own database.
@@ -24,6 +25,16 @@ POSTGRES_ADMIN = os.environ.get(
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+@pytest.fixture
+async def upstream_client() -> AsyncIterator[Client]:
+    """The gateway's own upstream client, for tests that drive a provider directly."""
+    client = Client()
+    try:
+        yield client
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -6,7 +6,6 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
 
 from tests.providers import (
@@ -21,6 +20,7 @@ from tests.providers import (
 )
 from tokenrelay import errors
 from tokenrelay.chat import ChatRequest, Message
+from tokenrelay.client import Client
 from tokenrelay.config import ModelConfig, load_settings
 from tokenrelay.events import Accepted, Finish, TextDelta, Usage
 from tokenrelay.providers.anthropic import AnthropicProvider, MessageStream
@@ -44,7 +44,7 @@ def key(monkeypatch: pytest.MonkeyPatch) -> str:
     return KEY
 
 
-def make_provider(http: aiohttp.ClientSession, base_url: str) -> AnthropicProvider:
+def make_provider(http: Client, base_url: str) -> AnthropicProvider:
     config = ModelConfig(
         provider="anthropic", base_url=base_url, api_key_env=KEY_ENV, upstream_model="claude-up"
     )
@@ -53,8 +53,8 @@ def make_provider(http: aiohttp.ClientSession, base_url: str) -> AnthropicProvid
 
 
 @pytest.fixture
-def provider(fake: FakeAnthropic, http: aiohttp.ClientSession, key: str) -> AnthropicProvider:
-    return make_provider(http, fake.url)
+def provider(fake: FakeAnthropic, upstream_client: Client, key: str) -> AnthropicProvider:
+    return make_provider(upstream_client, fake.url)
 
 
 def ask(*history: Message, **script: Any) -> ChatRequest:
@@ -284,20 +284,20 @@ async def test_prompt_too_long_is_context_length_exceeded(provider: AnthropicPro
 
 
 async def test_wrong_key_is_refused_upstream_and_blamed_on_the_gateway(
-    fake: FakeAnthropic, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+    fake: FakeAnthropic, upstream_client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(KEY_ENV, "sk-ant-not-the-right-one")
-    events, error = await fail(make_provider(http, fake.url), ask())
+    events, error = await fail(make_provider(upstream_client, fake.url), ask())
     assert events == []
     assert type(error) is errors.UpstreamError
     assert "credentials" in error.message
 
 
-async def test_connect_refused_is_upstream_unavailable(
-    http: aiohttp.ClientSession, key: str
-) -> None:
+async def test_connect_refused_is_upstream_unavailable(upstream_client: Client, key: str) -> None:
     with refused_port() as port:
-        events, error = await fail(make_provider(http, f"http://127.0.0.1:{port}"), ask())
+        events, error = await fail(
+            make_provider(upstream_client, f"http://127.0.0.1:{port}"), ask()
+        )
     assert events == []
     assert type(error) is errors.UpstreamUnavailable
 

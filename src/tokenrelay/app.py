@@ -7,7 +7,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-import aiohttp
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -17,6 +16,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from tokenrelay import errors, page
 from tokenrelay.auth import Authenticator, AuthMiddleware
+from tokenrelay.client import Client
 from tokenrelay.config import Settings, load_settings
 from tokenrelay.conversations import Conversations
 from tokenrelay.limits import Gate, RateLimitHeaders, build_limiter
@@ -39,39 +39,39 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         store = await open_store(settings)
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+        http = Client()
         try:
-            async with aiohttp.ClientSession(connector=connector, raise_for_status=False) as http:
-                context = ProviderContext(settings=settings, http=http)
-                providers = {
-                    name: build_provider(name, config, context)
-                    for name, config in settings.models.items()
-                }
-                # Warm up in the background: a large model must not hold back /healthz.
-                preparing = [asyncio.create_task(p.prepare()) for p in providers.values()]
-                app.state.relay = Relay(settings, providers)
-                app.state.store = store
-                app.state.conversations = Conversations(store, app.state.relay, settings)
-                app.state.conversations.start()
-                app.state.accounts = accounts = Accounts(store)
-                app.state.authenticator = Authenticator(settings.auth, accounts)
-                app.state.gate = gate = Gate(
-                    settings.rate_limits, build_limiter(settings), Ledger(accounts)
-                )
-                app.state.relay.admission = gate
-                app.state.relay.finish_hooks.append(gate.finished)
-                gate.start()
-                try:
-                    yield
-                finally:
-                    for task in preparing:
-                        task.cancel()
-                    await app.state.relay.shutdown()
-                    await app.state.conversations.aclose()
-                    await gate.aclose()
-                    for provider in providers.values():
-                        await provider.aclose()
+            context = ProviderContext(settings=settings, http=http)
+            providers = {
+                name: build_provider(name, config, context)
+                for name, config in settings.models.items()
+            }
+            # Warm up in the background: a large model must not hold back /healthz.
+            preparing = [asyncio.create_task(p.prepare()) for p in providers.values()]
+            app.state.relay = Relay(settings, providers)
+            app.state.store = store
+            app.state.conversations = Conversations(store, app.state.relay, settings)
+            app.state.conversations.start()
+            app.state.accounts = accounts = Accounts(store)
+            app.state.authenticator = Authenticator(settings.auth, accounts)
+            app.state.gate = gate = Gate(
+                settings.rate_limits, build_limiter(settings), Ledger(accounts)
+            )
+            app.state.relay.admission = gate
+            app.state.relay.finish_hooks.append(gate.finished)
+            gate.start()
+            try:
+                yield
+            finally:
+                for task in preparing:
+                    task.cancel()
+                await app.state.relay.shutdown()
+                await app.state.conversations.aclose()
+                await gate.aclose()
+                for provider in providers.values():
+                    await provider.aclose()
         finally:
+            await http.aclose()
             await store.close()
 
     # The POST routes that start streams, also answered by Lanes on a shorter path.

@@ -1,6 +1,6 @@
 """What every HTTP provider does the same way: connect, read, and map failures once.
 
-Foreign exceptions (aiohttp's, timeouts) become :class:`~tokenrelay.errors.TokenRelayError`
+Foreign exceptions (the client's) become :class:`~tokenrelay.errors.TokenRelayError`
 here, at the boundary; upstream text passes through :func:`redact` so the gateway's key never
 reaches a log or a client.
 """
@@ -14,10 +14,10 @@ import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 
-import aiohttp
 import orjson
 
 from tokenrelay import errors
+from tokenrelay.client import Client, ClientError, ConnectFailed, Disconnected, Response
 
 
 def redact(text: str, secret: str | None) -> str:
@@ -80,64 +80,54 @@ def _seconds(value: str | None) -> float | None:
 
 
 async def open_stream(
-    http: aiohttp.ClientSession,
+    http: Client,
     url: str,
     body: bytes,
-    headers: Mapping[str, str],
+    headers: dict[str, str],
     *,
     connect_timeout: float,
-) -> aiohttp.ClientResponse:
+) -> Response:
     """POST ``body``; the response once its head has arrived, whatever its status.
 
-    Only connecting has a limit here: the relay owns the first-token, idle and total limits,
-    and the session's default total timeout would cut a long stream.
+    Only connecting has a limit here: the relay owns the first-token, idle and total limits.
     """
-    timeout = aiohttp.ClientTimeout(
-        total=None, sock_connect=connect_timeout, connect=connect_timeout
-    )
     try:
-        return await http.post(url, data=body, headers=headers, timeout=timeout)
-    except TimeoutError as exc:
-        raise errors.UpstreamUnavailable(
-            f"connecting to the upstream timed out after {connect_timeout}s"
-        ) from exc
-    except aiohttp.ClientError as exc:
+        return await http.post(url, body, headers, connect_timeout=connect_timeout)
+    except ClientError as exc:
         raise connect_error(exc) from exc
 
 
-def connect_error(exc: aiohttp.ClientError) -> errors.TokenRelayError:
+def connect_error(exc: ClientError) -> errors.TokenRelayError:
     # Says what failed, not where: upstream hosts are the operator's business, and the
     # exception chained to this one keeps the details for the logs.
-    if isinstance(exc, aiohttp.ServerTimeoutError):
-        return errors.UpstreamUnavailable("connecting to the upstream timed out")
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return errors.UpstreamUnavailable("cannot reach the upstream: DNS lookup failed")
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, ConnectFailed):
+        if exc.reason == "timeout":
+            return errors.UpstreamUnavailable(f"connecting to the upstream timed out ({exc})")
+        if exc.reason == "dns":
+            return errors.UpstreamUnavailable("cannot reach the upstream: DNS lookup failed")
+        if exc.reason == "tls":
+            return errors.UpstreamUnavailable("cannot reach the upstream: TLS handshake failed")
         return errors.UpstreamUnavailable("cannot reach the upstream: connection failed")
-    if isinstance(exc, aiohttp.ClientConnectionError):
+    if isinstance(exc, Disconnected):
         return errors.UpstreamUnavailable("the upstream closed the connection before answering")
-    return errors.UpstreamError(f"the request to the upstream failed ({type(exc).__name__})")
+    return errors.UpstreamError(f"the request to the upstream failed: {exc}")
 
 
-async def read_chunk(response: aiohttp.ClientResponse) -> bytes:
+async def read_chunk(response: Response) -> bytes:
     """The next bytes of the body as they arrive; ``b""`` at its end."""
     try:
-        return await response.content.readany()
-    except (aiohttp.ClientError, ConnectionError) as exc:
+        return await response.read()
+    except ClientError as exc:
         raise errors.UpstreamError("upstream connection lost mid-stream") from exc
 
 
-async def read_json(response: aiohttp.ClientResponse, limit: int = 64 * 1024) -> object:
+async def read_json(response: Response, limit: int = 64 * 1024) -> object:
     """An error body: JSON if it parses, else its text (at most ``limit`` bytes read)."""
     body = bytearray()
-    try:
-        while len(body) < limit:
-            chunk = await response.content.read(limit - len(body))
-            if not chunk:
-                break
+    with contextlib.suppress(ClientError):
+        while len(body) < limit and (chunk := await response.read()):
             body += chunk
-    except (aiohttp.ClientError, ConnectionError):
-        pass
+    del body[limit:]
     try:
         parsed: object = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -145,20 +135,17 @@ async def read_json(response: aiohttp.ClientResponse, limit: int = 64 * 1024) ->
     return parsed
 
 
-async def drain(response: aiohttp.ClientResponse, timeout: float = 0.5, limit: int = 65536) -> None:
+async def drain(response: Response, timeout: float = 0.5, limit: int = 65536) -> None:
     """Read the little that follows the last event (the chunked terminator) so that
     :func:`close` can give the connection back to the pool instead of dropping it."""
     received = 0
-    with contextlib.suppress(TimeoutError, aiohttp.ClientError, ConnectionError):
+    with contextlib.suppress(TimeoutError, ClientError):
         async with asyncio.timeout(timeout):
-            while received <= limit and (chunk := await response.content.readany()):
+            while received <= limit and (chunk := await response.read()):
                 received += len(chunk)
 
 
-def close(response: aiohttp.ClientResponse) -> None:
+def close(response: Response) -> None:
     """Give the connection back if the body was read to its end, else drop the socket so the
     upstream sees the client go and stops generating."""
-    if response.content.at_eof():
-        response.release()
-    else:
-        response.close()
+    response.release()

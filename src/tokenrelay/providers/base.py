@@ -25,9 +25,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
-import aiohttp
-
 from tokenrelay.chat import ChatRequest
+from tokenrelay.client import Client
 from tokenrelay.config import ModelConfig, Settings
 from tokenrelay.events import ProviderEvent
 
@@ -37,7 +36,7 @@ class ProviderContext:
     """What a provider may use from the running app (services created in its lifespan)."""
 
     settings: Settings
-    http: aiohttp.ClientSession
+    http: Client
 
 
 class Provider(abc.ABC):

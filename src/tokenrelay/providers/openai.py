@@ -1,9 +1,9 @@
 """Any OpenAI-compatible chat-completions upstream: OpenAI, OpenRouter, Groq, vLLM, Ollama, ….
 
 One streamed ``POST {base_url}/chat/completions`` per generation on the app's pooled
-``aiohttp.ClientSession``. Foreign failures become :mod:`tokenrelay.errors` here and nowhere
-else; a stream counts as finished only when ``data: [DONE]`` arrives, so a body that merely
-stops is reported as truncated, never as a short answer.
+:class:`~tokenrelay.client.Client`. Foreign failures become :mod:`tokenrelay.errors` here and
+nowhere else; a stream counts as finished only when ``data: [DONE]`` arrives, so a body that
+merely stops is reported as truncated, never as a short answer.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import orjson
 
 from tokenrelay import errors
 from tokenrelay.chat import ChatRequest
+from tokenrelay.client import Response
 from tokenrelay.events import Accepted, Finish, ProviderEvent, TextDelta, Usage
 from tokenrelay.providers._http import (
     close,
@@ -68,7 +68,7 @@ class OpenAIProvider(Provider):
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ProviderEvent]:
         secret = self.config.api_key()
-        response: aiohttp.ClientResponse | None = None
+        response: Response | None = None
         try:
             response = await open_stream(
                 self.context.http,
@@ -97,7 +97,7 @@ class OpenAIProvider(Provider):
                 if reader.failure is not None:
                     raise reader.failure
 
-            if not response.content.at_eof():
+            if not response.at_eof:
                 # The body's end usually trails [DONE]: read it so the socket is reusable.
                 await drain(response)
             tail = reader.flush()
@@ -218,7 +218,7 @@ def _loads(data: str) -> Any:
 
 
 async def _status_error(
-    response: aiohttp.ClientResponse, model: str, secret: str | None
+    response: Response, model: str, secret: str | None
 ) -> errors.TokenRelayError:
     status = response.status
     code, kind, message = _describe(await read_json(response))
