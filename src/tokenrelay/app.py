@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -13,6 +14,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
 
 from tokenrelay import errors, page
 from tokenrelay.auth import Authenticator, AuthMiddleware
@@ -26,11 +28,27 @@ from tokenrelay.providers import ProviderContext, build_provider
 from tokenrelay.relay import Relay
 from tokenrelay.store import Accounts, Store, open_store
 from tokenrelay.wires import admin, anthropic, conversations, native, openai, seed, websocket
-from tokenrelay.wires.http import JSONResponse, error_response
+from tokenrelay.wires.http import JSONResponse, error_response, internal_error_response
 from tokenrelay.wires.lanes import Handler, Lanes
 
 logger = logging.getLogger("tokenrelay")
 READY_DB_TIMEOUT = 2.0
+
+
+class TokenRelayApp(Starlette):
+    """Starlette, with the routes that start streams taken first by :class:`Lanes`."""
+
+    def __init__(self, lanes: Lanes, **options: Any) -> None:
+        super().__init__(**options)
+        self.lanes = lanes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        handler = self.lanes.handler_for(scope)
+        if handler is None:
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self
+        await self.lanes.serve(handler, scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -74,7 +92,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await http.aclose()
             await store.close()
 
-    # The POST routes that start streams, also answered by Lanes on a shorter path.
+    # The POST routes that start streams: answered by Lanes, on a shorter path. The router
+    # keeps them too, for its 405 to other methods on the same paths.
     stream_starts: dict[str, Handler] = {
         "/v1/chat/completions": openai.chat_completions,
         "/v1/messages": anthropic.create_message,
@@ -123,13 +142,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/", page.index, methods=["GET"]),
         Route("/static/{name}", page.static, methods=["GET"]),
     ]
-    return Starlette(
+    return TokenRelayApp(
+        Lanes({("POST", p): h for p, h in stream_starts.items()}, settings.auth),
         routes=routes,
         lifespan=lifespan,
         middleware=[
             Middleware(AuthMiddleware, settings=settings.auth),
             Middleware(RateLimitHeaders),
-            Middleware(Lanes, routes={("POST", p): h for p, h in stream_starts.items()}),
         ],
         exception_handlers={
             errors.TokenRelayError: _relay_error,
@@ -161,8 +180,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     logger.exception("unexpected error on %s %s", request.method, request.url.path)
-    body = {"error": {"message": "internal error", "type": "api_error", "code": "internal_error"}}
-    return JSONResponse(body, status_code=500)
+    return internal_error_response()
 
 
 async def healthz(request: Request) -> Response:

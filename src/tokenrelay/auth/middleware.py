@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterable
+from contextvars import Token
 from urllib.parse import urlsplit
 
 import orjson
@@ -74,31 +75,19 @@ class AuthMiddleware:
         else:
             await self.app(scope, receive, send)
 
-    def _authenticator(self, scope: Scope) -> Authenticator:
-        authenticator: Authenticator = scope["app"].state.authenticator
-        return authenticator
-
-    async def _check(self, scope: Scope, token: str | None) -> Principal:
-        principal = await self._authenticator(scope).authenticate(token)
-        scope_needed = needs_scope(scope["path"]) or "chat"
-        if not principal.allows(scope_needed):
-            raise errors.Forbidden(f"this key lacks the {scope_needed!r} scope")
-        return principal
-
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self.settings.enabled or needs_scope(scope["path"]) is None:
             await self.app(scope, receive, send)
             return
         try:
-            principal = await self._check(scope, credential(scope))
+            principal = await check(scope, credential(scope))
         except errors.TokenRelayError as exc:
-            await _refuse_http(scope, send, exc)
+            await refuse_http(scope, send, exc)
             return
         await self._as(principal, scope, receive, send)
 
     async def _as(self, principal: Principal, scope: Scope, receive: Receive, send: Send) -> None:
-        scope = {**scope, "user": principal.user, "scopes": sorted(principal.scopes)}
-        token = current.set(principal)
+        token = enter(principal, scope)
         try:
             await self.app(scope, receive, send)
         finally:
@@ -114,7 +103,7 @@ class AuthMiddleware:
         token = credential(scope)
         if token is not None:
             try:
-                principal = await self._check(scope, token)
+                principal = await check(scope, token)
             except errors.TokenRelayError as exc:
                 await _refuse_handshake(scope, receive, send, exc)
                 return
@@ -131,7 +120,7 @@ class AuthMiddleware:
                 message = await receive()
             if message["type"] == "websocket.disconnect":
                 return
-            principal = await self._check(scope, _auth_token(message))
+            principal = await check(scope, _auth_token(message))
         except TimeoutError:
             await _close(send, refused())
             return
@@ -161,6 +150,25 @@ class AuthMiddleware:
         host = (_header(scope, b"host") or "").lower()
         parts = urlsplit(origin)
         return parts.scheme in ("http", "https") and bool(host) and parts.netloc == host
+
+
+async def check(scope: Scope, token: str | None) -> Principal:
+    """Who ``token`` stands for, if they may use this path; raises the refusal if not."""
+    authenticator: Authenticator = scope["app"].state.authenticator
+    principal = await authenticator.authenticate(token)
+    scope_needed = needs_scope(scope["path"]) or "chat"
+    if not principal.allows(scope_needed):
+        raise errors.Forbidden(f"this key lacks the {scope_needed!r} scope")
+    return principal
+
+
+def enter(principal: Principal, scope: Scope) -> Token[Principal | None]:
+    """Make ``principal`` the caller for the rest of this request; reset :data:`current` with
+    the token returned. The scope is this request's own (the server makes one per request), so
+    it is written in place: a copy would be held for as long as the response streams."""
+    scope["user"] = principal.user
+    scope["scopes"] = sorted(principal.scopes)
+    return current.set(principal)
 
 
 def _auth_token(message: Message) -> str | None:
@@ -193,7 +201,7 @@ def _error_headers(exc: errors.TokenRelayError, body: bytes) -> Iterable[tuple[b
         yield name.lower().encode(), value.encode()
 
 
-async def _refuse_http(scope: Scope, send: Send, exc: errors.TokenRelayError) -> None:
+async def refuse_http(scope: Scope, send: Send, exc: errors.TokenRelayError) -> None:
     body = _error_body(scope, exc)
     headers = list(_error_headers(exc, body))
     await send({"type": "http.response.start", "status": exc.status, "headers": headers})

@@ -1,14 +1,14 @@
 """``x-ratelimit-*`` headers (OpenAI's names) on the responses admission answered.
 
 Admission runs below the wires, with no response in hand; it leaves its headers in a
-per-request dict that this middleware opened, and the middleware adds them to the response
-head whatever the route sends (a stream, a JSON body or an error).
+per-request dict that this middleware (or :mod:`tokenrelay.wires.lanes`) opened, and they are
+added to the response head whatever the route sends (a stream, a JSON body or an error).
 """
 
 from __future__ import annotations
 
 import math
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -55,6 +55,30 @@ def rate_headers(quota: Quota, decision: Decision) -> dict[str, str]:
     return headers
 
 
+def collect() -> tuple[dict[str, str], Token[dict[str, str] | None]]:
+    """Open this request's dict for :func:`publish`; reset :data:`_pending` with the token."""
+    pending: dict[str, str] = {}
+    return pending, _pending.set(pending)
+
+
+def sending(send: Send, pending: dict[str, str]) -> Send:
+    """``send``, with the headers published so far added to the response head."""
+
+    async def with_headers(message: Message) -> None:
+        if message["type"] == "http.response.start" and pending:
+            extra = [(k.encode(), v.encode()) for k, v in pending.items()]
+            message = {**message, "headers": [*message.get("headers", ()), *extra]}
+            # A stream's response lives as long as the stream: keep nothing it no longer needs.
+            pending.clear()
+        await send(message)
+
+    return with_headers
+
+
+def finish(token: Token[dict[str, str] | None]) -> None:
+    _pending.reset(token)
+
+
 class RateLimitHeaders:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -63,18 +87,8 @@ class RateLimitHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        pending: dict[str, str] = {}
-        token = _pending.set(pending)
-
-        async def with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start" and pending:
-                extra = [(k.encode(), v.encode()) for k, v in pending.items()]
-                message = {**message, "headers": [*message.get("headers", ()), *extra]}
-                # A stream's response lives as long as the stream: keep nothing it no longer needs.
-                pending.clear()
-            await send(message)
-
+        pending, token = collect()
         try:
-            await self.app(scope, receive, with_headers)
+            await self.app(scope, receive, sending(send, pending))
         finally:
-            _pending.reset(token)
+            finish(token)

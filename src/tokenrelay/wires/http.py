@@ -28,6 +28,12 @@ def error_response(exc: errors.TokenRelayError) -> Response:
     return JSONResponse(exc.to_payload(), status_code=exc.status, headers=exc.headers())
 
 
+def internal_error_response() -> Response:
+    """A bug's answer: a 500 that says nothing of it (the log has the traceback)."""
+    body = {"error": {"message": "internal error", "type": "api_error", "code": "internal_error"}}
+    return JSONResponse(body, status_code=500)
+
+
 async def read_json(request: Request, max_bytes: int) -> Any:
     """The request body as JSON, refusing bodies over ``max_bytes`` before reading them all."""
     declared = request.headers.get("content-length")

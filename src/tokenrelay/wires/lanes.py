@@ -1,41 +1,61 @@
 """The short path through the ASGI stack for the routes that start streams.
 
 A stream's response lives as long as the stream: every frame between uvicorn and it stays in
-memory, and every send wrapper among them runs once per token. Starlette's exception layer and
-router add six frames and two send wrappers to each stream. The routes that start streams have
-fixed paths, so this middleware, the last before that layer, answers them itself: the same
-handlers, errors mapped as the exception handlers would, and anything unexpected left to
-propagate to the application's outermost handler (a logged JSON 500), as from any route.
+memory for thousands of open streams at once, and every send wrapper among them runs once per
+token. The routes that start streams have fixed paths, so the application hands them to
+:class:`Lanes` before its middleware stack: one frame does what the stack's layers would do for
+them (the error boundary, authentication, rate-limit headers, routing, error mapping), and
+everything else takes the usual way through Starlette.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tokenrelay import errors
-from tokenrelay.wires.http import error_response
+from tokenrelay.auth.identity import current
+from tokenrelay.auth.middleware import check, credential, enter, refuse_http
+from tokenrelay.config import AuthSettings
+from tokenrelay.limits import headers as rate_limit
+from tokenrelay.wires.http import error_response, internal_error_response
 
 Handler = Callable[[Request], Awaitable[ASGIApp]]
+logger = logging.getLogger("tokenrelay")
 
 
 class Lanes:
-    def __init__(self, app: ASGIApp, routes: Mapping[tuple[str, str], Handler]) -> None:
-        self.app = app
+    def __init__(self, routes: Mapping[tuple[str, str], Handler], auth: AuthSettings) -> None:
         self.routes = dict(routes)
         """``(method, path)`` to handler."""
+        self.auth = auth
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        handler = None
-        if scope["type"] == "http":
-            handler = self.routes.get((scope["method"], scope["path"]))
-        if handler is None:
-            await self.app(scope, receive, send)
-            return
-        response = await _respond(handler, scope, receive)
-        await response(scope, receive, send)
+    def handler_for(self, scope: Scope) -> Handler | None:
+        if scope["type"] != "http":
+            return None
+        return self.routes.get((scope["method"], scope["path"]))
+
+    async def serve(self, handler: Handler, scope: Scope, receive: Receive, send: Send) -> None:
+        """What AuthMiddleware, RateLimitHeaders and the router would do, in one frame."""
+        principal_token = None
+        if self.auth.enabled:
+            try:
+                principal = await check(scope, credential(scope))
+            except errors.TokenRelayError as exc:
+                await refuse_http(scope, send, exc)
+                return
+            principal_token = enter(principal, scope)
+        pending, pending_token = rate_limit.collect()
+        try:
+            response = await _respond(handler, scope, receive)
+            await response(scope, receive, rate_limit.sending(send, pending))
+        finally:
+            rate_limit.finish(pending_token)
+            if principal_token is not None:
+                current.reset(principal_token)
 
 
 async def _respond(handler: Handler, scope: Scope, receive: Receive) -> ASGIApp:
@@ -44,3 +64,7 @@ async def _respond(handler: Handler, scope: Scope, receive: Receive) -> ASGIApp:
         return await handler(Request(scope, receive))
     except errors.TokenRelayError as exc:
         return error_response(exc)
+    except Exception:
+        # As the application's outermost handler does for every other route.
+        logger.exception("unexpected error on %s %s", scope["method"], scope["path"])
+        return internal_error_response()
