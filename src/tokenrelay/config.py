@@ -25,6 +25,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -133,10 +134,17 @@ class RateLimitSettings(Quota):
     completion_estimate: int = Field(default=256, gt=0)
     key_prefix: str = "tokenrelay:limits"
 
+    # Settings are frozen, so each user's quota is worked out once; admission asks per request.
+    _quotas: dict[str | None, Quota] = PrivateAttr(default_factory=dict)
+
     def quota_for(self, user: str | None) -> Quota:
-        base = Quota.model_validate(self.model_dump(include=set(Quota.model_fields)))
         override = self.users.get(user) if user is not None else None
-        return base if override is None else override.over(base)
+        key = user if override is not None else None
+        quota = self._quotas.get(key)
+        if quota is None:
+            base = Quota.model_validate(self.model_dump(include=set(Quota.model_fields)))
+            quota = self._quotas[key] = base if override is None else override.over(base)
+        return quota
 
 
 class AuthSettings(_Strict):
