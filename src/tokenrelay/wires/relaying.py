@@ -59,21 +59,27 @@ class WatchDisconnect:
         self._receive = receive
         self.disconnected = False
         self._task: asyncio.Task[Any] | None = None
-        self._listener: asyncio.Task[None] | None = None
+        self._listener: asyncio.Future[Message] | None = None
 
     async def __aenter__(self) -> WatchDisconnect:
         self._task = asyncio.current_task()
-        self._listener = asyncio.create_task(self._listen())
+        self._listen()
         return self
 
-    async def _listen(self) -> None:
-        while True:
-            message = await self._receive()
-            if message["type"] == "http.disconnect":
-                self.disconnected = True
-                if self._task is not None:
-                    self._task.cancel()
-                return
+    def _listen(self) -> None:
+        # The server's receive() itself is the task: no coroutine of ours held per response.
+        self._listener = asyncio.ensure_future(self._receive())
+        self._listener.add_done_callback(self._heard)
+
+    def _heard(self, listener: asyncio.Future[Message]) -> None:
+        if listener.cancelled() or listener.exception() is not None:
+            return
+        if listener.result()["type"] != "http.disconnect":
+            self._listen()
+            return
+        self.disconnected = True
+        if self._task is not None:
+            self._task.cancel()
 
     async def __aexit__(
         self,
@@ -148,6 +154,9 @@ class EventStreamResponse:
         log = self.stream.log
         ping_interval = self.settings.ping_interval
         offset = self.offset
+        loop = asyncio.get_running_loop()
+        # One deadline, one timer, for both clocks a response keeps: while it waits for
+        # events, the next ping; while it sends, the send timeout.
         deadline = Deadline()
         try:
             while True:
@@ -161,10 +170,14 @@ class EventStreamResponse:
                 if log.closed:
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
                     return
-                if not await log.wait(offset, ping_interval) and not await self._send_within(
-                    send, PING, deadline
-                ):
-                    return
+                deadline.move(loop.time() + ping_interval)
+                try:
+                    await log.wait(offset)
+                except asyncio.CancelledError:
+                    if not deadline.expired():
+                        raise
+                    if not await self._send_within(send, PING, deadline):
+                        return
         finally:
             deadline.disarm()
 
