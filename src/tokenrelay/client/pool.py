@@ -13,7 +13,9 @@ import asyncio
 import socket
 import ssl
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from tokenrelay.client.connection import Connection
@@ -70,9 +72,12 @@ class Response:
         value = self._connection.headers.get("content-type", "")
         return value.partition(";")[0].strip().lower()
 
-    async def read(self) -> bytes:
-        """The body bytes received since the last read, waiting for some; ``b""`` at its end."""
-        return await self._connection.read()
+    def read(self) -> Coroutine[Any, Any, bytes]:
+        """The body bytes received since the last read, waiting for some; ``b""`` at its end.
+
+        (The connection's coroutine itself: no frame of this wrapper held while it waits.)
+        """
+        return self._connection.read()
 
     @property
     def at_eof(self) -> bool:
