@@ -82,8 +82,8 @@ def main() -> int:
     parser.add_argument("--no-naive", action="store_true", help="skip the naive FastAPI proxy")
     parser.add_argument(
         "--only",
-        default="ttft,cpu,slow,local",
-        help="comma-separated sections to run (ttft, cpu, slow, local)",
+        default="ttft,cpu,slow,clients,local",
+        help="comma-separated sections to run (ttft, cpu, slow, clients, local)",
     )
     parser.add_argument("--out", type=Path, default=OUT_DIR / "latest.json")
     args = parser.parse_args()
@@ -125,6 +125,10 @@ def main() -> int:
     print(report.table(results))
     for line in report.notes(results):
         print(line)
+    client_lines = report.clients(results)
+    if client_lines:
+        print()
+        print("\n".join(client_lines))
     local = results.get("local")
     if local is not None:
         print()
@@ -179,6 +183,8 @@ async def _run(plan: Plan, sections: set[str], naive: bool, results: dict[str, A
                     plan.slow_ramp,
                 )
                 await asyncio.sleep(1)
+    if "clients" in sections:
+        results["clients"] = _clients(plan is QUICK)
     if "local" in sections:
         results["local"] = await _local(plan is QUICK)
 
@@ -237,6 +243,24 @@ def _processes(naive: bool, results: dict[str, Any]) -> Iterator[tuple[Child, li
     finally:
         for child in reversed(children):
             child.stop()
+
+
+def _clients(quick: bool) -> dict[str, Any]:
+    """The upstream clients alone, against a fake upstream of their own."""
+    if importlib.util.find_spec("aiohttp") is None:
+        return {"skipped": "aiohttp is not installed (the bench extra brings it)"}
+    from bench import clients
+
+    logs = OUT_DIR / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    upstream = Child("clients-upstream", python("-m", FAKE, "--port", str(port)), port, logs)
+    try:
+        upstream.wait_listening()
+        _progress("the upstream clients alone")
+        return clients.compare(f"http://127.0.0.1:{port}/v1", logs, quick)
+    finally:
+        upstream.stop()
 
 
 def _refuses(child: Child) -> bool:

@@ -163,6 +163,42 @@ def notes(results: dict[str, Any]) -> list[str]:
     return out + [f"WARNING: {p}" for p in problems]
 
 
+def clients(results: dict[str, Any]) -> list[str]:
+    """The upstream clients measured alone (bench/clients.py), tokenrelay's against aiohttp."""
+    measured = results.get("clients")
+    if not measured:
+        return []
+    ours, theirs = measured.get("tokenrelay", {}), measured.get("aiohttp", {})
+    slow = ours.get("slow", {})
+    lines = [
+        "upstream client alone, each in a fresh process against the fake upstream "
+        "(x aiohttp = tokenrelay / aiohttp)"
+    ]
+    for label, mode, key, scale, fmt in (
+        (
+            f"memory per open response, KB ({slow.get('streams', '?')} open)",
+            "slow",
+            "bytes_per_stream",
+            1 / 1024,
+            "{:.1f}",
+        ),
+        (
+            "CPU-s per 1,000 tokens (100 streams x 200 tokens)",
+            "fast",
+            "cpu_s_per_1k_tokens",
+            1.0,
+            "{:.4f}",
+        ),
+    ):
+        mine = ours.get(mode, {}).get(key)
+        base = theirs.get(mode, {}).get(key)
+        cells = [_DASH if v is None else fmt.format(v * scale) for v in (base, mine)]
+        lines.append(
+            f"  {label}: aiohttp {cells[0]}, tokenrelay {cells[1]}, {_ratio(mine, base)} aiohttp"
+        )
+    return lines
+
+
 def _fmt(cells: list[str], widths: list[int]) -> str:
     first = cells[0].ljust(widths[0])
     rest = [cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True)]
