@@ -9,6 +9,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from tokenrelay.config import Settings
+from tokenrelay.http_protocol import LeanHttpToolsProtocol
 from tokenrelay.wires.relaying import dropped_client
 
 UNFINISHED = "ASGI callable returned without completing response"
@@ -81,7 +82,7 @@ def uvicorn_config(app: Starlette, settings: Settings, **overrides: object) -> u
     options: dict[str, object] = {
         "host": settings.host,
         "port": settings.port,
-        "http": "httptools",
+        "http": LeanHttpToolsProtocol,
         "ws": "websockets-sansio",
         "ws_max_size": settings.limits.ws_max_frame_bytes,
         "log_level": settings.log_level,
