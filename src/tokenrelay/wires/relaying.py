@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from types import TracebackType
 from typing import Any, Protocol
@@ -131,9 +131,10 @@ class EventStreamResponse:
         self.offset = offset
         self.render_error = render_error
         # Every stream names itself, so any client can re-attach to it or cancel it.
-        self.headers = [*SSE_HEADERS, (b"x-stream-id", stream.id.encode())] + [
-            (k.lower().encode(), v.encode()) for k, v in (headers or {}).items()
-        ]
+        self.headers: Sequence[tuple[bytes, bytes]] = [
+            *SSE_HEADERS,
+            (b"x-stream-id", stream.id.encode()),
+        ] + [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         stream = self.stream
@@ -145,7 +146,8 @@ class EventStreamResponse:
                 if failed is not None and self.offset <= 1:
                     await send_error_before_start(send, failed.error, scope, self.render_error)
                     return
-                await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+                headers, self.headers = self.headers, ()  # sent once; not kept for the stream
+                await send({"type": "http.response.start", "status": 200, "headers": headers})
                 await self._follow(send)
         finally:
             stream.detach()
