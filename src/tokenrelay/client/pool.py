@@ -67,6 +67,11 @@ class Response:
         """Lower-cased names; a repeated field's values joined with ``", "``."""
         return self._connection.headers
 
+    def forget_headers(self) -> None:
+        """The head has been checked and only the body is left to read: drop its fields, which
+        would otherwise live as long as the stream (hosted APIs send twenty-odd)."""
+        self._connection.headers = {}
+
     @property
     def content_type(self) -> str:
         value = self._connection.headers.get("content-type", "")

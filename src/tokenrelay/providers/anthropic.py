@@ -209,6 +209,7 @@ class AnthropicProvider(Provider):
                 raise error_from_body(body, response.status, secret, wait=wait)
             if response.content_type == "application/json":
                 raise _json_instead_of_stream(await read_json(response), secret)
+            response.forget_headers()
             yield Accepted()
             decoder = SSEDecoder()
             while chunk := await read_chunk(response):

@@ -85,6 +85,7 @@ class OpenAIProvider(Provider):
                 if isinstance(payload, dict) and payload.get("error"):
                     raise _payload_error(payload, secret)
                 raise errors.UpstreamError("the upstream answered with JSON, not an event stream")
+            response.forget_headers()
             yield Accepted()
 
             reader = _EventReader(secret)
