@@ -91,7 +91,8 @@ class Relay:
         self.streams[stream.id] = stream
         self.started_total += 1
         stream.task = asyncio.create_task(self._run(stream, request), name=stream.id)
-        stream.task.add_done_callback(lambda _: self._ended_unrun(stream))
+        # A bound method, not a closure over the stream: one object less per open stream.
+        stream.task.add_done_callback(self._ended_unrun)
         if admitted is not None:
             admitted.bind(stream)
         return stream
@@ -120,8 +121,11 @@ class Relay:
         # One total limit for the stream, however many upstreams it takes.
         total_deadline = loop.time() + self.settings.timeouts.total
         try:
-            plan = retry.attempts(self.providers[stream.model], self.providers)
-            attempt = next(plan)
+            primary = self.providers[stream.model]
+            attempt = retry.Attempt(primary, 1, 1)
+            # The rest of the plan only once a try fails: most streams never need it, and a
+            # suspended generator would be held for as long as the stream runs.
+            plan: Iterator[retry.Attempt] | None = None
             while True:
                 try:
                     await self._relay(stream, attempt.provider, request, total_deadline)
@@ -144,6 +148,9 @@ class Relay:
                     sent_text = any(isinstance(e, TextDelta) for e in log.events)
                     if sent_text or not retry.worth_retrying(exc):
                         raise
+                    if plan is None:
+                        plan = retry.attempts(primary, self.providers)
+                        next(plan)  # the first try, just made
                     attempt = await self._next_attempt(plan, exc, total_deadline)
         except errors.TokenRelayError as exc:
             log.append(Failed(exc))
@@ -236,9 +243,10 @@ class Relay:
             return errors.IdleTimeout(f"no token for {limits.idle}s")
         return errors.FirstTokenTimeout(f"no first token within {limits.first_token}s")
 
-    def _ended_unrun(self, stream: Stream) -> None:
+    def _ended_unrun(self, task: asyncio.Task[None]) -> None:
         """A task cancelled before its first step never runs ``_run``: end its log here."""
-        if stream.log.closed:
+        stream = self.streams.get(task.get_name())
+        if stream is None or stream.log.closed:
             return
         stream.log.append(Failed(stream.cancel_reason or errors.Cancelled("cancelled")))
         finishing = asyncio.get_running_loop().create_task(self._finished(stream))
