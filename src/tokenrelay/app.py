@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -42,13 +42,15 @@ class TokenRelayApp(Starlette):
         super().__init__(**options)
         self.lanes = lanes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:  # type: ignore[override]
+        # Not a coroutine itself: it hands back the one to run, so no frame of this method
+        # stays in memory under each open stream. (uvicorn is told it is ASGI 3, which it
+        # could no longer tell by looking: see tokenrelay.server.uvicorn_config.)
         handler = self.lanes.handler_for(scope)
         if handler is None:
-            await super().__call__(scope, receive, send)
-            return
+            return super().__call__(scope, receive, send)
         scope["app"] = self
-        await self.lanes.serve(handler, scope, receive, send)
+        return self.lanes.serve(handler, scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:

@@ -137,51 +137,58 @@ class EventStreamResponse:
         ] + [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # One frame for the whole life of the response (thousands are open at once): the
+        # start is a coroutine that ends before the events are followed, the loop is inline.
         stream = self.stream
+        log = stream.log
         stream.attach()
         try:
             async with WatchDisconnect(receive):
-                await stream.log.wait_committed()
-                failed = stream.log.error_before_start
-                if failed is not None and self.offset <= 1:
-                    await send_error_before_start(send, failed.error, scope, self.render_error)
+                if not await self._start(scope, send):
                     return
-                headers, self.headers = self.headers, ()  # sent once; not kept for the stream
-                await send({"type": "http.response.start", "status": 200, "headers": headers})
-                await self._follow(send)
+                offset = self.offset
+                loop = asyncio.get_running_loop()
+                # One deadline, one timer, for both clocks a response keeps: while it waits
+                # for events, the next ping; while it sends, the send timeout.
+                deadline = Deadline()
+                try:
+                    while True:
+                        if len(log.events) > offset:
+                            batch = log.read(offset, MAX_WRITE_CHARS)
+                            data = self.encoder.encode(batch, offset + 1)
+                            offset += len(batch)
+                            if data and not await self._send_within(send, data, deadline):
+                                return
+                            continue
+                        if log.closed:
+                            await send(
+                                {"type": "http.response.body", "body": b"", "more_body": False}
+                            )
+                            return
+                        deadline.move(loop.time() + self.settings.ping_interval)
+                        try:
+                            await log.wait(offset)
+                        except asyncio.CancelledError:
+                            if not deadline.expired():
+                                raise
+                            if not await self._send_within(send, PING, deadline):
+                                return
+                finally:
+                    deadline.disarm()
         finally:
             stream.detach()
 
-    async def _follow(self, send: Send) -> None:
+    async def _start(self, scope: Scope, send: Send) -> bool:
+        """Wait until the stream may answer, then send the head; False if it answered an error."""
         log = self.stream.log
-        ping_interval = self.settings.ping_interval
-        offset = self.offset
-        loop = asyncio.get_running_loop()
-        # One deadline, one timer, for both clocks a response keeps: while it waits for
-        # events, the next ping; while it sends, the send timeout.
-        deadline = Deadline()
-        try:
-            while True:
-                if len(log.events) > offset:
-                    batch = log.read(offset, MAX_WRITE_CHARS)
-                    data = self.encoder.encode(batch, offset + 1)
-                    offset += len(batch)
-                    if data and not await self._send_within(send, data, deadline):
-                        return
-                    continue
-                if log.closed:
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
-                    return
-                deadline.move(loop.time() + ping_interval)
-                try:
-                    await log.wait(offset)
-                except asyncio.CancelledError:
-                    if not deadline.expired():
-                        raise
-                    if not await self._send_within(send, PING, deadline):
-                        return
-        finally:
-            deadline.disarm()
+        await log.wait_committed()
+        failed = log.error_before_start
+        if failed is not None and self.offset <= 1:
+            await send_error_before_start(send, failed.error, scope, self.render_error)
+            return False
+        headers, self.headers = self.headers, ()  # sent once; not kept for the stream
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        return True
 
     async def _send_within(self, send: Send, data: bytes, deadline: Deadline) -> bool:
         """Send ``data``; False when the client has stopped reading for the send timeout."""
