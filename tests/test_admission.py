@@ -319,6 +319,24 @@ async def test_every_http_wire_is_admitted_with_rate_headers_and_refused_with_re
         assert error["error"]["code"] == "rate_limited"
 
 
+@pytest.mark.parametrize("stream", [True, False])
+async def test_an_upstream_failure_before_the_first_token_still_carries_rate_headers(
+    stream: bool,
+) -> None:
+    # The stream was admitted (and counted) before the upstream failed: say what is left.
+    overrides = limited(None, requests_per_minute=5)
+    async with serve(**overrides) as gateway, client() as http:
+        request = body(stream=stream, fail="upstream_unavailable")
+        async with http.post(f"{gateway.url}/v1/chat/completions", json=request) as response:
+            status, headers = response.status, dict(response.headers)
+            error = await response.json()
+
+    assert status == 502
+    assert error["error"]["code"] == "upstream_unavailable"
+    assert headers["x-ratelimit-limit-requests"] == "5"
+    assert headers["x-ratelimit-remaining-requests"] == "4"
+
+
 async def test_the_websocket_refuses_a_turn_over_the_limit_and_keeps_the_socket(
     redis_url: str | None,
 ) -> None:

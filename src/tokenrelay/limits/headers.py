@@ -61,6 +61,20 @@ def collect() -> tuple[dict[str, str], Token[dict[str, str] | None]]:
     return pending, _pending.set(pending)
 
 
+def take() -> list[tuple[bytes, bytes]]:
+    """The headers published so far in this request, as raw header pairs, handed over once.
+
+    For responses that write their own head (the streaming ones): they add these to it, and
+    need no wrapper around ``send`` for the rest of a long stream.
+    """
+    pending = _pending.get()
+    if not pending:
+        return []
+    taken = [(k.encode(), v.encode()) for k, v in pending.items()]
+    pending.clear()
+    return taken
+
+
 def sending(send: Send, pending: dict[str, str]) -> Send:
     """``send``, with the headers published so far added to the response head."""
 
@@ -68,7 +82,6 @@ def sending(send: Send, pending: dict[str, str]) -> Send:
         if message["type"] == "http.response.start" and pending:
             extra = [(k.encode(), v.encode()) for k, v in pending.items()]
             message = {**message, "headers": [*message.get("headers", ()), *extra]}
-            # A stream's response lives as long as the stream: keep nothing it no longer needs.
             pending.clear()
         await send(message)
 

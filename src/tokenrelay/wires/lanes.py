@@ -22,9 +22,13 @@ from tokenrelay.auth.middleware import check, credential, enter, refuse_http
 from tokenrelay.config import AuthSettings
 from tokenrelay.limits import headers as rate_limit
 from tokenrelay.wires.http import error_response, internal_error_response
+from tokenrelay.wires.relaying import CollectedResponse, EventStreamResponse
 
 Handler = Callable[[Request], Awaitable[ASGIApp]]
 logger = logging.getLogger("tokenrelay")
+# Responses that add the rate-limit headers to their head themselves (limits.headers.take):
+# no send wrapper kept for the length of their stream.
+WRITE_THEIR_OWN_HEAD = (EventStreamResponse, CollectedResponse)
 
 
 class Lanes:
@@ -51,7 +55,9 @@ class Lanes:
         pending, pending_token = rate_limit.collect()
         try:
             response = await _respond(handler, scope, receive)
-            await response(scope, receive, rate_limit.sending(send, pending))
+            if not isinstance(response, WRITE_THEIR_OWN_HEAD):
+                send = rate_limit.sending(send, pending)
+            await response(scope, receive, send)
         finally:
             rate_limit.finish(pending_token)
             if principal_token is not None:

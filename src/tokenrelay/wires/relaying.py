@@ -20,6 +20,7 @@ from starlette.types import Message, Receive, Scope, Send
 from tokenrelay import errors
 from tokenrelay.config import StreamSettings
 from tokenrelay.events import Event, Failed
+from tokenrelay.limits import headers as rate_limit
 from tokenrelay.relay.deadline import Deadline
 from tokenrelay.relay.stream import Stream
 from tokenrelay.wires.http import error_response
@@ -102,6 +103,7 @@ async def send_error_before_start(
     send: Send, exc: errors.TokenRelayError, scope: Scope, render: ErrorRenderer = error_response
 ) -> None:
     response = render(exc)
+    response.raw_headers.extend(rate_limit.take())
     await response(scope, _no_receive, send)
 
 
@@ -186,7 +188,8 @@ class EventStreamResponse:
         if failed is not None and self.offset <= 1:
             await send_error_before_start(send, failed.error, scope, self.render_error)
             return False
-        headers, self.headers = self.headers, ()  # sent once; not kept for the stream
+        headers = [*self.headers, *rate_limit.take()]
+        self.headers = ()  # sent once; not kept for the stream
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         return True
 
@@ -239,7 +242,7 @@ class CollectedResponse:
                     {
                         "type": "http.response.start",
                         "status": status,
-                        "headers": [(b"content-type", b"application/json")],
+                        "headers": [(b"content-type", b"application/json"), *rate_limit.take()],
                     }
                 )
                 await send({"type": "http.response.body", "body": body})
