@@ -359,7 +359,12 @@ class HTTPServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: HTTPConnection(self._handler, self), self.host, self.port
+            lambda: HTTPConnection(self._handler, self),
+            self.host,
+            self.port,
+            # asyncio's default of 100 pending connections drops SYNs when a benchmark opens
+            # thousands of streams at once; a hosted API would not.
+            backlog=2048,
         )
         self.port = self._server.sockets[0].getsockname()[1]
 
