@@ -315,3 +315,17 @@ async def test_https_upstream_with_an_unknown_certificate_is_refused(
             await client.post(server.url, b"{}", {}, connect_timeout=2)
         assert failure.value.reason == "tls"
         assert server.requests == 0
+
+
+async def test_a_response_released_after_the_client_closed_is_not_pooled() -> None:
+    # A stream that outlives the shutdown's grace gives its connection back too late.
+    async with raw_server(answer_ok) as server:
+        client = Client()
+        response = await client.post(server.url, b"{}", {}, connect_timeout=2)
+        assert await response.read() == b"ok"
+        assert await response.read() == b""
+        await client.aclose()
+        response.release()
+        assert client.idle_connections == 0
+        await asyncio.sleep(0.1)
+        assert server.closed == 1

@@ -55,19 +55,23 @@ class Connection(asyncio.Protocol):
         self.parser: httptools.HttpResponseParser | None = None
         self.used = 0
         """Exchanges started on this connection (more than one: it came from the pool)."""
-        self.status = 0
-        self.headers: dict[str, str] = {}
         self._body: list[bytes] = []
         self._buffered = 0
+        self._paused = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._new_exchange()
+
+    def _new_exchange(self) -> None:
+        """The state of one response, fresh."""
+        self.status = 0
+        self.headers: dict[str, str] = {}
         self._head_size = 0
         self._interim = False
         self._keep_alive = False
         self._received = False
         self._complete = False
         self._close_framed = False
-        self._paused = False
         self._error: Exception | None = None
-        self._waiter: asyncio.Future[None] | None = None
 
     # -- asyncio.Protocol
 
@@ -154,12 +158,7 @@ class Connection(asyncio.Protocol):
         assert self.transport is not None
         self.used += 1
         self.parser = httptools.HttpResponseParser(self)
-        self.status = 0
-        self.headers = {}
-        self._head_size = 0
-        self._received = self._complete = self._close_framed = self._interim = False
-        self._keep_alive = False
-        self._error = None
+        self._new_exchange()
         self.transport.write(data)
 
     @property

@@ -106,6 +106,7 @@ class Client:
         self._idle: dict[Origin, list[tuple[float, Connection]]] = {}
         self._targets: dict[str, _Target] = {}
         self._sweep: asyncio.TimerHandle | None = None
+        self._closed = False
 
     async def post(
         self, url: str, body: bytes, headers: dict[str, str], *, connect_timeout: float
@@ -138,7 +139,7 @@ class Client:
             return Response(self, connection)
 
     def give_back(self, connection: Connection) -> None:
-        if not connection.reusable:
+        if self._closed or not connection.reusable:
             connection.close()
             return
         connection.idle()
@@ -152,6 +153,8 @@ class Client:
         return sum(len(stack) for stack in self._idle.values())
 
     async def aclose(self) -> None:
+        # Streams that outlive the shutdown's grace close their connections when they end.
+        self._closed = True
         if self._sweep is not None:
             self._sweep.cancel()
             self._sweep = None
