@@ -96,12 +96,19 @@ def main() -> int:
     sections = set(args.only.split(","))
     naive = not args.no_naive and importlib.util.find_spec("fastapi") is not None
 
-    fds = raise_fd_limit(max(4096, plan.slow_streams * 2 + 1024, max(plan.cpu_levels) * 2 + 1024))
+    # A gateway holds two sockets per stream (client and upstream), plus its own files.
+    needed = max(4096, plan.slow_streams * 2 + 1024, max(plan.cpu_levels) * 2 + 1024)
+    fds = raise_fd_limit(needed)
     machine = _machine()
     print(
         f"tokenrelay bench — {machine['date']} — {machine['cores']} cores ({machine['cpu']}), "
         f"Python {machine['python']}, fd limit {fds}"
     )
+    if fds < needed:
+        print(
+            f"WARNING: {needed} file descriptors wanted, the hard limit allows {fds}: "
+            "the gateway may fail to open sockets (its streams then fail or stall)"
+        )
     if not naive:
         print("(the naive FastAPI proxy is skipped: install the bench extra to include it)")
     results: dict[str, Any] = {
