@@ -329,3 +329,44 @@ async def test_a_response_released_after_the_client_closed_is_not_pooled() -> No
         assert client.idle_connections == 0
         await asyncio.sleep(0.1)
         assert server.closed == 1
+
+
+async def test_a_name_is_looked_up_once_for_a_burst_of_new_connections(client: Client) -> None:
+    async def slow_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await asyncio.sleep(0.1)  # every request needs a connection of its own
+        await answer_ok(reader, writer, n)
+
+    async with raw_server(slow_ok) as server:
+        # "localhost" may come back as ::1 first while the server listens on 127.0.0.1 only:
+        # the next address is tried.
+        url = server.url.replace("127.0.0.1", "localhost")
+        bodies = await asyncio.gather(*(body_of(client, url) for _ in range(10)))
+        assert bodies == [b"ok"] * 10
+        assert server.connections == 10
+        assert await body_of(client, url) == b"ok"
+    assert client.resolver.lookups == 1
+
+
+async def test_a_name_that_does_not_resolve_is_a_dns_failure(client: Client) -> None:
+    with pytest.raises(ConnectFailed) as failure:
+        await client.post("http://no-such-host.invalid/v1", b"{}", {}, connect_timeout=5)
+    assert failure.value.reason == "dns"
+
+
+async def test_each_address_of_a_name_is_tried_in_turn(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    closed = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    refusing = closed.sockets[0].getsockname()[1]
+    closed.close()
+    await closed.wait_closed()
+    async with raw_server(answer_ok) as server:
+        port = int(server.url.split(":")[2].split("/")[0])
+
+        async def two_addresses(host: str, _: int) -> list[tuple[str, int]]:
+            # As a name with an address that refuses (say, IPv6) before one that answers.
+            return [("127.0.0.1", refusing), ("127.0.0.1", port)]
+
+        monkeypatch.setattr(client.resolver, "addresses", two_addresses)
+        assert await body_of(client, f"http://upstream.test:{port}/v1/x") == b"ok"
+        assert server.heads[0].startswith(b"POST /v1/x HTTP/1.1\r\nHost: upstream.test:")

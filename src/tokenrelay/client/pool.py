@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from tokenrelay.client.connection import Connection
 from tokenrelay.client.errors import ClientError, ConnectFailed, Disconnected
+from tokenrelay.client.resolver import Resolver
 
 Origin = tuple[str, str, int]
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -107,6 +108,7 @@ class Client:
         self._targets: dict[str, _Target] = {}
         self._sweep: asyncio.TimerHandle | None = None
         self._closed = False
+        self.resolver = Resolver()
 
     async def post(
         self, url: str, body: bytes, headers: dict[str, str], *, connect_timeout: float
@@ -199,13 +201,25 @@ class Client:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):
-                _, connection = await loop.create_connection(
-                    lambda: Connection(origin),
-                    host,
-                    port,
-                    ssl=self._ssl_context() if tls else None,
-                    server_hostname=host if tls else None,
-                )
+                addresses = await self.resolver.addresses(host, port)
+                failure: OSError | None = None
+                # Each address in turn (an IPv6 one may be refused where IPv4 listens).
+                for ip, ip_port in addresses:
+                    try:
+                        _, connection = await loop.create_connection(
+                            lambda: Connection(origin),
+                            ip,
+                            ip_port,
+                            ssl=self._ssl_context() if tls else None,
+                            server_hostname=host if tls else None,
+                        )
+                    except (ssl.SSLError, ssl.CertificateError):
+                        raise  # the server answered: another address would say the same
+                    except OSError as exc:
+                        failure = exc
+                        continue
+                    return connection
+                raise failure or OSError(f"no address for {host}")
         except TimeoutError as exc:
             raise ConnectFailed(f"connecting timed out after {timeout}s", reason="timeout") from exc
         except socket.gaierror as exc:
@@ -214,7 +228,6 @@ class Client:
             raise ConnectFailed("TLS handshake failed", reason="tls") from exc
         except OSError as exc:
             raise ConnectFailed("connection failed", reason="refused") from exc
-        return connection
 
 
 def _request(target: _Target, body: bytes, headers: dict[str, str]) -> bytes:
