@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -32,7 +33,19 @@ from tokenrelay.wires.http import JSONResponse, error_response, internal_error_r
 from tokenrelay.wires.lanes import Handler, Lanes
 
 logger = logging.getLogger("tokenrelay")
+Call = TypeVar("Call", bound=Callable[..., Any])
 READY_DB_TIMEOUT = 2.0
+
+
+def _marked_coroutine_function(function: Call) -> Call:
+    """Have ``function`` pass for a coroutine function where ASGI servers look (they tell
+    ASGI 3 apps from ASGI 2 ones by ``iscoroutinefunction(app.__call__)``), as asgiref's
+    ``markcoroutinefunction`` does: the standard marker from Python 3.12, asyncio's before."""
+    mark = getattr(inspect, "markcoroutinefunction", None)
+    if mark is not None:
+        return mark(function)  # type: ignore[no-any-return]
+    function._is_coroutine = asyncio.coroutines._is_coroutine  # type: ignore[attr-defined]
+    return function
 
 
 class TokenRelayApp(Starlette):
@@ -42,10 +55,10 @@ class TokenRelayApp(Starlette):
         super().__init__(**options)
         self.lanes = lanes
 
+    @_marked_coroutine_function
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:  # type: ignore[override]
         # Not a coroutine itself: it hands back the one to run, so no frame of this method
-        # stays in memory under each open stream. (uvicorn is told it is ASGI 3, which it
-        # could no longer tell by looking: see tokenrelay.server.uvicorn_config.)
+        # stays in memory under each open stream.
         handler = self.lanes.handler_for(scope)
         if handler is None:
             return super().__call__(scope, receive, send)

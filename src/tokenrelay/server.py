@@ -83,8 +83,6 @@ def uvicorn_config(app: Starlette, settings: Settings, **overrides: object) -> u
         "host": settings.host,
         "port": settings.port,
         "http": LeanHttpToolsProtocol,
-        # The app's __call__ returns its coroutine rather than being one (tokenrelay.app).
-        "interface": "asgi3",
         "ws": "websockets-sansio",
         "ws_max_size": settings.limits.ws_max_frame_bytes,
         "log_level": settings.log_level,
