@@ -370,3 +370,13 @@ async def test_each_address_of_a_name_is_tried_in_turn(
         monkeypatch.setattr(client.resolver, "addresses", two_addresses)
         assert await body_of(client, f"http://upstream.test:{port}/v1/x") == b"ok"
         assert server.heads[0].startswith(b"POST /v1/x HTTP/1.1\r\nHost: upstream.test:")
+
+
+async def test_releasing_a_response_twice_pools_its_connection_once(client: Client) -> None:
+    async with raw_server(answer_ok) as server:
+        response = await client.post(server.url, b"{}", {}, connect_timeout=2)
+        while await response.read():
+            pass
+        response.release()
+        response.release()
+        assert client.idle_connections == 1

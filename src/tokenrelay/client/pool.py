@@ -53,11 +53,12 @@ class _Target:
 class Response:
     """A response whose head has arrived; read its body, then :meth:`release` or :meth:`close`."""
 
-    __slots__ = ("_client", "_connection")
+    __slots__ = ("_client", "_connection", "_released")
 
     def __init__(self, client: Client, connection: Connection) -> None:
         self._client = client
         self._connection = connection
+        self._released = False
 
     @property
     def status(self) -> int:
@@ -91,8 +92,11 @@ class Response:
 
     def release(self) -> None:
         """Done with the response: a connection whose response was read to its end goes back
-        to the pool; any other is closed, so the upstream sees the client leave."""
-        self._client.give_back(self._connection)
+        to the pool; any other is closed, so the upstream sees the client leave. Only the first
+        call counts: a connection pooled twice would carry two requests at once."""
+        if not self._released:
+            self._released = True
+            self._client.give_back(self._connection)
 
     def close(self) -> None:
         self._connection.close()
