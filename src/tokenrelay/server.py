@@ -60,15 +60,17 @@ class QuietDroppedClients(logging.Filter):
 
 
 def abort_stuck_clients(sock: socket.socket, send_timeout: float) -> None:
-    """Abort connections whose peer stops reading for ``send_timeout`` (Linux).
+    """Abort connections whose peer stops reading for twice ``send_timeout`` (Linux).
 
     After a send timeout the app lets go of a response, but uvicorn closes the connection
     gracefully, which waits on a peer that never reads. TCP_USER_TIMEOUT (inherited by accepted
-    sockets) makes the kernel abort it instead of holding its buffers until TCP gives up.
+    sockets) makes the kernel abort it instead of holding its buffers until TCP gives up. It is
+    twice the send timeout so that the app lets go first and says so (the kernel's clock starts
+    as soon as the peer's window closes, before the app's send blocks): an equal one raced it.
     """
     option = getattr(socket, "TCP_USER_TIMEOUT", None)
     if option is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, option, max(1, int(send_timeout * 1000)))
+        sock.setsockopt(socket.IPPROTO_TCP, option, max(1, int(send_timeout * 2000)))
 
 
 def _unwrap(app: object) -> object:
