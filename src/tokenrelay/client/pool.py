@@ -98,9 +98,6 @@ class Response:
             self._released = True
             self._client.give_back(self._connection)
 
-    def close(self) -> None:
-        self._connection.close()
-
 
 class Client:
     """HTTP/1.1 ``POST`` with streamed responses and per-origin keep-alive pools."""

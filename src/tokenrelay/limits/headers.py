@@ -68,11 +68,7 @@ def take() -> list[tuple[bytes, bytes]]:
     need no wrapper around ``send`` for the rest of a long stream.
     """
     pending = _pending.get()
-    if not pending:
-        return []
-    taken = [(k.encode(), v.encode()) for k, v in pending.items()]
-    pending.clear()
-    return taken
+    return _hand_over(pending) if pending else []
 
 
 def sending(send: Send, pending: dict[str, str]) -> Send:
@@ -80,12 +76,18 @@ def sending(send: Send, pending: dict[str, str]) -> Send:
 
     async def with_headers(message: Message) -> None:
         if message["type"] == "http.response.start" and pending:
-            extra = [(k.encode(), v.encode()) for k, v in pending.items()]
+            extra = _hand_over(pending)
             message = {**message, "headers": [*message.get("headers", ()), *extra]}
-            pending.clear()
         await send(message)
 
     return with_headers
+
+
+def _hand_over(pending: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    # Emptied once on a head: a stream's response lives as long as the stream.
+    taken = [(k.encode(), v.encode()) for k, v in pending.items()]
+    pending.clear()
+    return taken
 
 
 def finish(token: Token[dict[str, str] | None]) -> None:

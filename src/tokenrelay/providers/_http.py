@@ -137,15 +137,9 @@ async def read_json(response: Response, limit: int = 64 * 1024) -> object:
 
 async def drain(response: Response, timeout: float = 0.5, limit: int = 65536) -> None:
     """Read the little that follows the last event (the chunked terminator) so that
-    :func:`close` can give the connection back to the pool instead of dropping it."""
+    :meth:`Response.release` can give the connection back to the pool instead of dropping it."""
     received = 0
     with contextlib.suppress(TimeoutError, ClientError):
         async with asyncio.timeout(timeout):
             while received <= limit and (chunk := await response.read()):
                 received += len(chunk)
-
-
-def close(response: Response) -> None:
-    """Give the connection back if the body was read to its end, else drop the socket so the
-    upstream sees the client go and stops generating."""
-    response.release()

@@ -28,7 +28,6 @@ from tokenrelay import errors
 from tokenrelay.chat import ChatRequest
 from tokenrelay.events import Accepted, Finish, ProviderEvent, TextDelta, Usage
 from tokenrelay.providers._http import (
-    close,
     drain,
     error_for_status,
     open_stream,
@@ -225,7 +224,7 @@ class AnthropicProvider(Provider):
                 if message.ended:
                     await drain(response)
             finally:
-                close(response)
+                response.release()
 
 
 def _json_instead_of_stream(body: object, secret: str | None) -> errors.TokenRelayError:

@@ -19,7 +19,6 @@ from tokenrelay.chat import ChatRequest
 from tokenrelay.client import Response
 from tokenrelay.events import Accepted, Finish, ProviderEvent, TextDelta, Usage
 from tokenrelay.providers._http import (
-    close,
     drain,
     error_for_status,
     open_stream,
@@ -111,7 +110,7 @@ class OpenAIProvider(Provider):
             if response is not None:
                 # Back to the pool if the body was read to its end; otherwise the socket is
                 # closed, so the upstream sees us go (cancel, disconnect) and stops generating.
-                close(response)
+                response.release()
 
 
 class _EventReader:
