@@ -23,8 +23,7 @@ from typing import Any, Protocol
 import orjson
 
 from bench.procs import PAGE_SIZE, Child, python
-from bench.workload import TOKEN, UPSTREAM_MODEL
-from tokenrelay.testing.fake_openai import fake_prompt
+from bench.workload import UPSTREAM_MODEL, stream_body
 
 CLIENTS = ("aiohttp", "tokenrelay")
 
@@ -34,12 +33,7 @@ class Opened(Protocol):
 
 
 def _body(tokens: int, delay: float) -> bytes:
-    script: dict[str, Any] = {"tokens": [TOKEN], "repeat": tokens}
-    if delay:
-        script.update(delay=delay, first_delay=delay)
-    prompt = fake_prompt(**script)
-    messages = [{"role": "user", "content": prompt}]
-    return orjson.dumps({"model": UPSTREAM_MODEL, "messages": messages, "stream": True})
+    return orjson.dumps(stream_body(UPSTREAM_MODEL, tokens, delay=delay, first_delay=delay))
 
 
 HEADERS = {"Content-Type": "application/json", "Accept": "text/event-stream"}

@@ -30,16 +30,23 @@ class Target:
     """The gateway process; for the direct baseline, the upstream itself."""
 
     def body(self, tokens: int, *, delay: float = 0.0, first_delay: float = 0.0) -> dict[str, Any]:
-        script: dict[str, Any] = {"tokens": [TOKEN], "repeat": tokens}
-        if delay:
-            script["delay"] = delay
-        if first_delay:
-            script["first_delay"] = first_delay
-        return {
-            "model": self.model,
-            "messages": [{"role": "user", "content": fake_prompt(**script)}],
-            "stream": True,
-        }
+        return stream_body(self.model, tokens, delay=delay, first_delay=first_delay)
+
+
+def stream_body(
+    model: str, tokens: int, *, delay: float = 0.0, first_delay: float = 0.0
+) -> dict[str, Any]:
+    """A streamed chat request that makes the fake upstream send ``tokens`` tokens."""
+    script: dict[str, Any] = {"tokens": [TOKEN], "repeat": tokens}
+    if delay:
+        script["delay"] = delay
+    if first_delay:
+        script["first_delay"] = first_delay
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": fake_prompt(**script)}],
+        "stream": True,
+    }
 
 
 def tokens_in(chars: int) -> int:
