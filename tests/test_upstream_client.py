@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.providers import refused_port
 from tokenrelay.client import Client, ClientError, ConnectFailed, Disconnected, ProtocolError
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
@@ -237,11 +238,7 @@ async def test_idle_connections_close_after_the_keepalive_time() -> None:
 
 
 async def test_connection_refused_names_the_reason(client: Client) -> None:
-    listening = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
-    port = listening.sockets[0].getsockname()[1]
-    listening.close()
-    await listening.wait_closed()
-    with pytest.raises(ConnectFailed) as failure:
+    with refused_port() as port, pytest.raises(ConnectFailed) as failure:
         await client.post(f"http://127.0.0.1:{port}/", b"", {}, connect_timeout=2)
     assert failure.value.reason == "refused"
 
@@ -356,20 +353,17 @@ async def test_a_name_that_does_not_resolve_is_a_dns_failure(client: Client) -> 
 async def test_each_address_of_a_name_is_tried_in_turn(
     client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    closed = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
-    refusing = closed.sockets[0].getsockname()[1]
-    closed.close()
-    await closed.wait_closed()
-    async with raw_server(answer_ok) as server:
-        port = int(server.url.split(":")[2].split("/")[0])
+    with refused_port() as refusing:
+        async with raw_server(answer_ok) as server:
+            port = int(server.url.split(":")[2].split("/")[0])
 
-        async def two_addresses(host: str, _: int) -> list[tuple[str, int]]:
-            # As a name with an address that refuses (say, IPv6) before one that answers.
-            return [("127.0.0.1", refusing), ("127.0.0.1", port)]
+            async def two_addresses(host: str, _: int) -> list[tuple[str, int]]:
+                # As a name with an address that refuses (say, IPv6) before one that answers.
+                return [("127.0.0.1", refusing), ("127.0.0.1", port)]
 
-        monkeypatch.setattr(client.resolver, "addresses", two_addresses)
-        assert await body_of(client, f"http://upstream.test:{port}/v1/x") == b"ok"
-        assert server.heads[0].startswith(b"POST /v1/x HTTP/1.1\r\nHost: upstream.test:")
+            monkeypatch.setattr(client.resolver, "addresses", two_addresses)
+            assert await body_of(client, f"http://upstream.test:{port}/v1/x") == b"ok"
+            assert server.heads[0].startswith(b"POST /v1/x HTTP/1.1\r\nHost: upstream.test:")
 
 
 async def test_releasing_a_response_twice_pools_its_connection_once(client: Client) -> None:
