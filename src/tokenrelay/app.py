@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -26,6 +27,7 @@ from tokenrelay.limits import Gate, RateLimitHeaders, build_limiter
 from tokenrelay.limits.ledger import Ledger
 from tokenrelay.metrics import render_metrics
 from tokenrelay.providers import ProviderContext, build_provider
+from tokenrelay.providers.base import WORKER_STATES
 from tokenrelay.relay import Relay
 from tokenrelay.store import Accounts, Store, open_store
 from tokenrelay.wires import admin, anthropic, conversations, native, openai, seed, websocket
@@ -211,7 +213,21 @@ async def readyz(request: Request) -> Response:
     except Exception:
         logger.warning("readiness: the database did not answer", exc_info=True)
         return JSONResponse({"status": "unavailable", "database": "unreachable"}, status_code=503)
-    return JSONResponse({"status": "ready", "models": list(relay.providers), "database": "ok"})
+    # A local model's worker that is down is shown, not a reason to take the instance out
+    # of rotation: every other model still answers, and the supervisor brings it back.
+    workers = Counter(
+        health.state
+        for provider in relay.providers.values()
+        if (health := provider.worker_health()) is not None
+    )
+    return JSONResponse(
+        {
+            "status": "ready",
+            "models": list(relay.providers),
+            "database": "ok",
+            "workers": {state: workers[state] for state in WORKER_STATES},
+        }
+    )
 
 
 async def metrics(request: Request) -> Response:

@@ -9,7 +9,7 @@ costs a few old turns; underestimating costs a failed request.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from tokenrelay import errors
@@ -18,7 +18,8 @@ from tokenrelay.chat import Message
 # Chat templates wrap each message in a few tokens of markup (role, separators).
 MESSAGE_OVERHEAD = 4
 
-TokenCounter = Callable[[str], int]
+# Async: the local model's tokenizer lives in its worker process.
+TokenCounter = Callable[[str], Awaitable[int]]
 
 
 def estimate_tokens(text: str) -> int:
@@ -31,6 +32,11 @@ def estimate_tokens(text: str) -> int:
     return -(-len(text.encode()) // 3)
 
 
+async def estimated_tokens(text: str) -> int:
+    """:func:`estimate_tokens` as a :data:`TokenCounter`."""
+    return estimate_tokens(text)
+
+
 @dataclass
 class ContextFitter:
     """Collect messages newest first until the next one would not fit.
@@ -41,19 +47,19 @@ class ContextFitter:
     """
 
     budget: int
-    count: TokenCounter = estimate_tokens
+    count: TokenCounter = estimated_tokens
     max_messages: int | None = None
     system: list[Message] = field(default_factory=list)
     used: int = 0
     dropped: bool = False
     _turns: list[Message] = field(default_factory=list)
 
-    def cost(self, message: Message) -> int:
-        return self.count(message.content) + MESSAGE_OVERHEAD
+    async def cost(self, message: Message) -> int:
+        return await self.count(message.content) + MESSAGE_OVERHEAD
 
-    def start(self, system: list[Message], new: Message) -> None:
+    async def start(self, system: list[Message], new: Message) -> None:
         self.system = system
-        self.used = sum(self.cost(m) for m in [*system, new])
+        self.used = sum([await self.cost(m) for m in [*system, new]])
         if self.used > self.budget:
             raise errors.ContextLengthExceeded(
                 f"the system prompt and this message need about {self.used} tokens; the "
@@ -61,11 +67,11 @@ class ContextFitter:
             )
         self._turns = [new]
 
-    def add(self, message: Message) -> bool:
+    async def add(self, message: Message) -> bool:
         """Take the next older message; False (and take nothing more) once one does not fit."""
         if self.dropped:
             return False
-        cost = self.cost(message)
+        cost = await self.cost(message)
         full = self.max_messages is not None and (
             len(self.system) + len(self._turns) >= self.max_messages
         )

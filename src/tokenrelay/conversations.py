@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from tokenrelay import errors
 from tokenrelay.chat import ChatRequest, Message, Role
 from tokenrelay.config import Settings
-from tokenrelay.context import MESSAGE_OVERHEAD, ContextFitter, estimate_tokens
+from tokenrelay.context import MESSAGE_OVERHEAD, ContextFitter, estimated_tokens
 from tokenrelay.providers.base import Provider
 from tokenrelay.relay import Relay, Stream
 from tokenrelay.store.recorder import Recorder
@@ -210,11 +210,11 @@ class Conversations:
         summary_room = settings.summary_tokens + MESSAGE_OVERHEAD if summarize else 0
         fitter = ContextFitter(
             budget=window - reserve - summary_room,
-            count=provider.token_counter() or estimate_tokens,
+            count=provider.token_counter() or estimated_tokens,
             max_messages=self.settings.limits.max_messages - (1 if summarize else 0),
         )
         system = await self.store.system_messages(conversation_id)
-        fitter.start([Message(role="system", content=m.content) for m in system], new)
+        await fitter.start([Message(role="system", content=m.content) for m in system], new)
         dropped: list[Message] = []
         async with contextlib.aclosing(self.store.history(conversation_id)) as history:
             async for record in history:
@@ -222,7 +222,7 @@ class Conversations:
                     continue
                 role: Role = "assistant" if record.role == "assistant" else "user"
                 message = Message(role=role, content=record.content)
-                if fitter.add(message):
+                if await fitter.add(message):
                     continue
                 if not summarize or len(dropped) >= SUMMARY_MAX_MESSAGES:
                     break

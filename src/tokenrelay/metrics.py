@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from tokenrelay.providers.base import WORKER_STATES
 from tokenrelay.relay import Relay
 
 
@@ -24,4 +25,32 @@ def render_metrics(relay: Relay) -> str:
         "# TYPE tokenrelay_streams_started_total counter",
         f"tokenrelay_streams_started_total {relay.started_total}",
     ]
+    workers = {
+        name: health
+        for name, provider in relay.providers.items()
+        if (health := provider.worker_health()) is not None
+    }
+    if workers:
+        lines += [
+            "# HELP tokenrelay_local_worker_state The state of each local model's worker process.",
+            "# TYPE tokenrelay_local_worker_state gauge",
+            *(
+                f'tokenrelay_local_worker_state{{model="{name}",state="{state}"}} '
+                f"{int(health.state == state)}"
+                for name, health in workers.items()
+                for state in WORKER_STATES
+            ),
+            "# HELP tokenrelay_local_worker_restarts_total Workers started again after one died.",
+            "# TYPE tokenrelay_local_worker_restarts_total counter",
+            *(
+                f'tokenrelay_local_worker_restarts_total{{model="{name}"}} {health.restarts}'
+                for name, health in workers.items()
+            ),
+            "# HELP tokenrelay_local_queue_depth Requests waiting for a busy local model.",
+            "# TYPE tokenrelay_local_queue_depth gauge",
+            *(
+                f'tokenrelay_local_queue_depth{{model="{name}"}} {health.queue_depth}'
+                for name, health in workers.items()
+            ),
+        ]
     return "\n".join(lines) + "\n"

@@ -21,14 +21,26 @@ Providers never import web code. ``aclose()`` is called once at shutdown.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from tokenrelay.chat import ChatRequest
 from tokenrelay.client import Client
 from tokenrelay.config import ModelConfig, Settings
 from tokenrelay.events import ProviderEvent
+
+WorkerState = Literal["stopped", "starting", "ready", "restarting"]
+WORKER_STATES: tuple[WorkerState, ...] = ("stopped", "starting", "ready", "restarting")
+
+
+@dataclass(slots=True, frozen=True)
+class WorkerHealth:
+    """The state of a provider's own worker process (the local model), for operators."""
+
+    state: WorkerState
+    restarts: int  # workers started again after one died
+    queue_depth: int  # requests waiting for the busy model
 
 
 @dataclass(slots=True)
@@ -56,8 +68,12 @@ class Provider(abc.ABC):
         """Tokens the model attends to; a provider that can ask its model overrides this."""
         return self.config.context_window
 
-    def token_counter(self) -> Callable[[str], int] | None:
+    def token_counter(self) -> Callable[[str], Awaitable[int]] | None:
         """The model's own tokenizer as a counting function, when the provider has one."""
+        return None
+
+    def worker_health(self) -> WorkerHealth | None:
+        """The provider's worker process, when it runs one."""
         return None
 
     @abc.abstractmethod
