@@ -1,4 +1,5 @@
-"""``tokenrelay serve``, ``config check``, ``db upgrade`` and ``keys create|list|revoke``."""
+"""``tokenrelay serve``, ``config check``, ``db upgrade``, ``check-local`` and
+``keys create|list|revoke``."""
 
 from __future__ import annotations
 
@@ -33,6 +34,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     upgrade = db_commands.add_parser("upgrade", help="bring the schema to this version's")
     upgrade.add_argument("--config", help="TOML config file (or TOKENRELAY_CONFIG)")
 
+    local_check = commands.add_parser(
+        "check-local", help="check that the local models can generate on this machine"
+    )
+    local_check.add_argument("--config", help="TOML config file (or TOKENRELAY_CONFIG)")
+
     add_key_commands(commands)
 
     args = parser.parse_args(argv)
@@ -54,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve_forever(settings, first_key)
         if args.command == "keys":
             return asyncio.run(keys_command(load_settings(args.config), args))
+        if args.command == "check-local":
+            return asyncio.run(check_local(load_settings(args.config)))
         if args.command == "db":
             print(asyncio.run(_upgrade_database(load_settings(args.config))))
             return 0
@@ -63,6 +71,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(f"{args.file}: ok ({len(settings.models)} models: {', '.join(settings.models)})")
     return 0
+
+
+async def check_local(settings: Settings) -> int:
+    from tokenrelay.providers.local.check import check_local_models, describe_cpu
+
+    failed = False
+    for outcome in await check_local_models(settings):
+        if outcome.crashed:
+            failed = True
+            print(
+                f"tokenrelay: the llama.cpp build crashes on this CPU: {outcome.problem}\n"
+                f"  model {outcome.model}, CPU {describe_cpu()}.\n"
+                "  Rebuild it for this machine's kind: `make clean setup` builds it with the\n"
+                "  portable flags in the Makefile (LLAMA_CMAKE_ARGS).",
+                file=sys.stderr,
+            )
+        elif outcome.skipped:
+            print(f"local model {outcome.model}: not checked: {outcome.problem}")
+        elif outcome.problem is not None:
+            failed = True
+            print(f"tokenrelay: local model {outcome.model}: {outcome.problem}", file=sys.stderr)
+        else:
+            print(f"local model {outcome.model}: generates on this CPU ({outcome.text!r})")
+    return 1 if failed else 0
 
 
 def serve_forever(settings: Settings, first_key: str | None = None) -> int:
