@@ -84,10 +84,15 @@ async def _never() -> None:
 
 
 async def native(
-    http: aiohttp.ClientSession, gateway: Gateway, kill: Kill, body: dict[str, Any] = LONG
+    http: aiohttp.ClientSession,
+    gateway: Gateway,
+    kill: Kill,
+    body: dict[str, Any] = LONG,
+    url: str | None = None,
 ) -> Outcome:
+    """A stream on the native wire: ``/v1/streams``, or a conversation's ``url``."""
     text = ""
-    async with http.post(f"{gateway.url}/v1/streams", json=body) as response:
+    async with http.post(url or f"{gateway.url}/v1/streams", json=body) as response:
         assert response.status == 200
         async for event in read_sse(response):
             if event.event == "token":
@@ -288,3 +293,34 @@ async def test_a_cancelled_reply_stops_the_worker_within_a_token_across_the_proc
 
         assert provider.tokens_decoded - at_cancel <= 1
         assert provider.tokens_decoded < 200
+
+
+async def test_a_stored_reply_cut_by_a_crash_keeps_its_text_with_status_error(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with gateway_with_neighbours() as gateway, asyncio.timeout(60):
+        async with http.post(f"{gateway.url}/v1/conversations", json={}) as created:
+            conversation = (await created.json())["id"]
+        turn = {"content": STORY[0]["content"], "model": "smollm2", "max_tokens": 200}
+        messages_url = f"{gateway.url}/v1/conversations/{conversation}/messages"
+        crashed = await native(http, gateway, killer(gateway, signal.SIGSEGV), turn, messages_url)
+
+        async def stored_reply() -> dict[str, Any]:
+            async with http.get(messages_url) as listed:
+                listing = (await listed.json())["data"]
+            return next(m for m in listing if m["role"] == "assistant")
+
+        await until_async(lambda reply: reply["status"] != "streaming", stored_reply)
+        reply = await stored_reply()
+
+    assert crashed.code == "upstream_error" and crashed.text
+    assert reply["status"] == "error"
+    assert reply["content"] == crashed.text
+
+
+async def until_async(
+    done: Callable[[Any], bool], read: Callable[[], Awaitable[Any]], timeout: float = 10.0
+) -> None:
+    async with asyncio.timeout(timeout):
+        while not done(await read()):
+            await asyncio.sleep(0.05)

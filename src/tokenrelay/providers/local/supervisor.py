@@ -103,10 +103,15 @@ class Supervisor:
         worker = WorkerProcess(self.model_name)
         try:
             await worker.start(self._config(), self._load_timeout)
-        except BaseException as exc:
-            reason = exc.message if isinstance(exc, errors.TokenRelayError) else repr(exc)
-            self._failed(reason, loading=True, retry=not worker.fatal)
+        except errors.TokenRelayError as exc:
+            self._failed(exc.message, loading=True, retry=not worker.fatal)
             raise
+        except Exception as exc:  # the worker could not even be spawned
+            reason = f"its worker could not start: {exc!r}"
+            self._failed(reason, loading=True)
+            raise errors.UpstreamUnavailable(
+                f"the local model {self.model_name}: {reason}"
+            ) from exc
         finally:
             self._starting = None
         if self._closed:
