@@ -98,7 +98,7 @@ def error_from_body(
         kind = body["error"].get("type")
         message = body["error"].get("message")
     elif isinstance(body, str):
-        message = body[:500]
+        message = body
     if not isinstance(message, str) or not message:
         message = kind if isinstance(kind, str) else f"HTTP {status}" if status else "no error"
     text = f"anthropic upstream: {redact(message, secret)}"
