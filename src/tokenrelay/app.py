@@ -72,7 +72,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         store = await open_store(settings)
-        http = Client()
+        http = Client(max_head=settings.limits.upstream_max_head_bytes)
         try:
             context = ProviderContext(settings=settings, http=http)
             providers = {

@@ -85,6 +85,10 @@ class Limits(_Strict):
     max_tokens: int = Field(default=8_192, gt=0)
     ws_max_frame_bytes: int = Field(default=1_000_000, gt=0)
     ws_history_max_chars: int = Field(default=32_000, gt=0)
+    # What an upstream may make the gateway hold: a response head (finished or not), and one
+    # SSE event or unfinished line.
+    upstream_max_head_bytes: int = Field(default=64 * 1024, gt=0)
+    upstream_max_event_bytes: int = Field(default=1024 * 1024, gt=0)
 
 
 class StreamSettings(_Strict):

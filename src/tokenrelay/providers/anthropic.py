@@ -210,7 +210,7 @@ class AnthropicProvider(Provider):
                 raise _json_instead_of_stream(await read_json(response), secret)
             response.forget_headers()
             yield Accepted()
-            decoder = SSEDecoder()
+            decoder = SSEDecoder(self.context.settings.limits.upstream_max_event_bytes)
             while chunk := await read_chunk(response):
                 for sse in decoder.feed(chunk):
                     for event in message.handle(sse):

@@ -86,7 +86,7 @@ class OpenAIProvider(Provider):
             response.forget_headers()
             yield Accepted()
 
-            reader = _EventReader(secret)
+            reader = _EventReader(secret, self.context.settings.limits.upstream_max_event_bytes)
             while not reader.done:
                 chunk = await read_chunk(response)
                 if not chunk:
@@ -117,8 +117,8 @@ class _EventReader:
 
     __slots__ = ("_decoder", "_held", "_secret", "done", "failure", "finish_reason", "usage")
 
-    def __init__(self, secret: str | None) -> None:
-        self._decoder = SSEDecoder()
+    def __init__(self, secret: str | None, max_event: int) -> None:
+        self._decoder = SSEDecoder(max_event)
         self._secret = secret
         self._held = ""  # a high surrogate waiting for its pair from the next delta
         self.done = False
