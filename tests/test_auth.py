@@ -202,6 +202,17 @@ async def test_an_expired_key_is_refused_even_while_cached(http: aiohttp.ClientS
     assert (after[0], orjson.loads(after[2])) == (401, REFUSAL)
 
 
+async def test_a_lifetime_past_any_date_is_a_400_not_a_500(http: aiohttp.ClientSession) -> None:
+    async with serve(**secured()) as gateway:
+        admin = bearer(await key_for(gateway, "root", ("admin",)))
+        status, _, raw = await call(
+            http, gateway, "POST", "/v1/admin/keys", {"owner": "bob", "expires_in": 1e12}, admin
+        )
+
+    assert status == 400
+    assert orjson.loads(raw)["error"]["code"] == "invalid_request"
+
+
 async def test_a_chat_key_is_forbidden_the_admin_routes(http: aiohttp.ClientSession) -> None:
     async with serve(**secured()) as gateway:
         chat = bearer(await key_for(gateway, "alice"))

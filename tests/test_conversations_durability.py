@@ -85,6 +85,22 @@ async def test_history_survives_a_restart_and_is_the_next_replys_context(
     )
 
 
+async def test_a_finish_reason_longer_than_its_column_still_stores_the_whole_reply(
+    http: aiohttp.ClientSession, database_url: str
+) -> None:
+    async with serve(database_url=database_url) as gateway:
+        cid = await create(http, gateway)
+        events = await post_turn(
+            http, gateway, cid, turn("hi", text="all of it", finish_reason="x" * 100)
+        )
+        await all_settled(gateway.app.state.store)
+        stored = await messages(http, gateway, cid)
+
+    assert events[-1].json() == {"finish_reason": "x" * 60}
+    assert (stored[-1]["status"], stored[-1]["content"]) == ("complete", "all of it")
+    assert stored[-1]["finish_reason"] == "x" * 60
+
+
 async def test_a_reply_the_client_left_is_complete_when_it_ran_to_its_end(
     http: aiohttp.ClientSession, database_url: str
 ) -> None:

@@ -20,6 +20,9 @@ from tokenrelay.relay.stream import Stream
 logger = logging.getLogger("tokenrelay.relay")
 
 FinishHook = Callable[[Stream], Awaitable[None]]
+# A finish reason comes from the upstream or a script; the store keeps it in VARCHAR(60), and
+# one too long for that would fail the reply's final write (and lose its last text).
+MAX_FINISH_REASON = 60
 
 
 class Admitted(Protocol):
@@ -224,6 +227,8 @@ class Relay:
                         log.append(event)
                     case Finish():
                         log.mark_accepted()
+                        if len(event.reason) > MAX_FINISH_REASON:
+                            event = Finish(event.reason[:MAX_FINISH_REASON])
                         log.append(event)
                         return
                     case _:
