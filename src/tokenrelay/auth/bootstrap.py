@@ -8,11 +8,9 @@ refuses to start until a key exists, saying how to make one.
 
 from __future__ import annotations
 
-import ipaddress
-
 from tokenrelay.auth.keys import issue_key
 from tokenrelay.auth.tokens import JWTVerifier
-from tokenrelay.config import Settings
+from tokenrelay.config import Settings, is_loopback
 from tokenrelay.store import Accounts, Store, database_url
 
 FIRST_OWNER = "admin"
@@ -20,15 +18,6 @@ FIRST_OWNER = "admin"
 
 class RefuseToServe(Exception):
     """Starting as configured would leave the gateway open; the message says what to do."""
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 async def first_run_key(settings: Settings) -> str | None:

@@ -63,6 +63,10 @@ class Relay:
     async def admit(self, request: ChatRequest, owner: str | None) -> Admitted | None:
         """Ask admission whether ``owner`` may start ``request``; it raises if not."""
         self.provider_for(request.model)
+        if request.script is not None and not self.settings.request_scripts_allowed:
+            raise errors.InvalidRequest(
+                "script is turned off on this server (allow_request_scripts)"
+            )
         return None if self.admission is None else await self.admission.admit(request, owner)
 
     async def open(
