@@ -94,6 +94,20 @@ class Limits(_Strict):
     upstream_max_event_bytes: int = Field(default=1024 * 1024, gt=0)
 
 
+class ServerSettings(_Strict):
+    """What one connection may hold before a request reaches the app (see http_protocol)."""
+
+    # Request line and headers together; a JWT or a long cookie fits well within it.
+    max_header_bytes: int = Field(default=32 * 1024, gt=0)
+    # From a request's first byte to the end of its head, and from there to its body's end.
+    header_timeout: float = Field(default=10.0, gt=0)
+    body_timeout: float = Field(default=30.0, gt=0)
+    # A connection with no request in flight, before its first one too.
+    idle_timeout: float = Field(default=5.0, gt=0)
+    # Open connections of this process, WebSockets and streams included; past it a 503.
+    max_connections: int = Field(default=4_096, gt=0)
+
+
 class StreamSettings(_Strict):
     ping_interval: float = Field(default=15.0, gt=0)
     send_timeout: float = Field(default=30.0, gt=0)
@@ -250,6 +264,7 @@ class Settings(BaseSettings):
     models: dict[str, ModelConfig] = Field(default_factory=default_models)
     timeouts: Timeouts = Field(default_factory=Timeouts)
     limits: Limits = Field(default_factory=Limits)
+    server: ServerSettings = Field(default_factory=ServerSettings)
     streams: StreamSettings = Field(default_factory=StreamSettings)
     conversations: ConversationSettings = Field(default_factory=ConversationSettings)
     # SQLite (``sqlite:///path``) or PostgreSQL (``postgresql://…``); by default a
