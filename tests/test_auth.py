@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -453,10 +454,10 @@ async def test_the_first_loopback_start_makes_one_admin_key_and_prints_its_link(
         assert process.stdout is not None
         link = ""
         async with asyncio.timeout(30):
-            while "?key=" not in link:
+            while "#key=" not in link:
                 link = (await process.stdout.readline()).decode().strip()
                 assert link or process.returncode is None, "tokenrelay serve exited"
-        key = link.rsplit("?key=", 1)[1]
+        key = link.rsplit("#key=", 1)[1]
         await served.until_listening(http)
         async with http.get(f"{served.url}/v1/admin/keys", headers=bearer(key)) as r:
             keys = (await r.json())["data"]
@@ -466,8 +467,11 @@ async def test_the_first_loopback_start_makes_one_admin_key_and_prints_its_link(
         load_settings(database_url=url, auth={"enabled": True}, host="127.0.0.1")
     )
 
-    assert link == f"http://127.0.0.1:{port}/?key={key}"
+    # In the fragment, which browsers never send: a query string would be in the access log.
+    assert link == f"http://127.0.0.1:{port}/#key={key}"
     assert [(k["owner"], k["scopes"]) for k in keys] == [("admin", ["admin"])]
+    lifetime = datetime.fromisoformat(keys[0]["expires_at"]) - datetime.now(UTC)
+    assert timedelta(days=6) < lifetime <= timedelta(days=7)
     assert anonymous == 401
     # The key exists now: later starts make none.
     assert second_start is None

@@ -182,6 +182,8 @@ class AuthSettings(_Strict):
     # Seconds a checked key is trusted without the database: revoking it on another instance
     # takes effect within this long (at once on the instance that revoked it).
     key_cache_ttl: float = Field(default=5.0, ge=0)
+    # Seconds the admin key a first loopback start makes stays valid.
+    first_key_lifetime: float = Field(default=7 * 86_400, gt=0, le=366 * 86_400)
     # A WebSocket without an Authorization header must send {"type":"auth"} within this.
     ws_auth_timeout: float = Field(default=5.0, gt=0)
     # Browser origins allowed to open WebSockets besides the gateway's own ("*" for any).
