@@ -412,7 +412,28 @@ async def test_a_jwt_subject_is_the_user_and_appears_on_first_use(
 
     assert (as_carol, as_dave) == (200, 404)
     assert admin[0] == 200 and chat_only == 403
-    assert known == [("carol@example.com",), ("dave",), ("jwt-user",)]
+    assert known == [("jwt:carol@example.com",), ("jwt:dave",), ("jwt:jwt-user",)]
+
+
+async def test_a_jwt_whose_subject_is_a_key_owner_is_another_user(
+    http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    url = await _fresh_database(tmp_path)
+    async with serve(database_url=url, **with_jwt()) as gateway:
+        admin_key = bearer(await key_for(gateway, "admin", ("admin",)))
+        _, _, raw = await call(http, gateway, "POST", "/v1/conversations", {}, admin_key)
+        conversation = orjson.loads(raw)["id"]
+        posing = bearer(hs256(sub="admin"))
+        read = await call(http, gateway, "GET", f"/v1/conversations/{conversation}", None, posing)
+        listed = await call(http, gateway, "GET", "/v1/conversations", None, posing)
+        new_key = await call(
+            http, gateway, "POST", "/v1/admin/keys", {"owner": "jwt:admin"}, admin_key
+        )
+
+    assert read[0] == 404
+    assert orjson.loads(listed[2])["data"] == []
+    # Nor can a key be issued into the JWT users' namespace.
+    assert new_key[0] == 400
 
 
 async def test_a_broken_database_answers_503_and_never_its_error_text(
