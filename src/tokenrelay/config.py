@@ -142,6 +142,11 @@ class RateLimitSettings(Quota):
     Counters are in-process unless ``redis_url`` is set; then every instance shares them.
     """
 
+    # Safe defaults for a first start, which nobody meets typing by hand; 0 turns one off.
+    requests_per_minute: int | None = Field(default=60, ge=0)
+    concurrent_streams: int | None = Field(default=8, ge=0)
+    tokens_per_minute: int | None = Field(default=100_000, ge=0)
+    tokens_per_day: int | None = Field(default=2_000_000, ge=0)
     users: dict[str, Quota] = Field(default_factory=dict)
     # When Redis cannot be reached: refuse with 503 ``limiter_unavailable`` or admit unlimited.
     redis_failure: Literal["fail_closed", "fail_open"] = "fail_closed"
@@ -157,6 +162,11 @@ class RateLimitSettings(Quota):
 
     # Settings are frozen, so each user's quota is worked out once; admission asks per request.
     _quotas: dict[str | None, Quota] = PrivateAttr(default_factory=dict)
+
+    @field_validator(*Quota.model_fields, mode="after")
+    @classmethod
+    def _zero_is_off(cls, value: int | None) -> int | None:
+        return value or None
 
     def quota_for(self, user: str | None) -> Quota:
         override = self.users.get(user) if user is not None else None
