@@ -86,6 +86,10 @@ class Limits(_Strict):
     max_tokens: int = Field(default=8_192, gt=0)
     ws_max_frame_bytes: int = Field(default=1_000_000, gt=0)
     ws_history_max_chars: int = Field(default=32_000, gt=0)
+    # Stored conversations: a system prompt, conversations per user, messages in one.
+    max_system_chars: int = Field(default=32_000, gt=0)
+    max_conversations_per_user: int = Field(default=1_000, gt=0)
+    max_messages_per_conversation: int = Field(default=2_000, gt=2)
     # A request's ``script``: characters of text and tokens together (the scripted model).
     max_script_chars: int = Field(default=10_000, gt=0)
     # What an upstream may make the gateway hold: a response head (finished or not), and one

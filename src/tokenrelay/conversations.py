@@ -150,6 +150,15 @@ class Conversations:
             )
         check_max_tokens(turn.max_tokens, limits)
         name, provider = self.relay.provider_for(turn.model or conversation.model)
+        # A turn stores two messages: the user's and the reply.
+        if (
+            await self.store.count_messages(conversation_id) + 2
+            > limits.max_messages_per_conversation
+        ):
+            raise errors.InvalidRequest(
+                f"this conversation holds {limits.max_messages_per_conversation} messages "
+                "(the limit); start a new one"
+            )
         new = Message(role="user", content=turn.content)
         fitted = await self._context(conversation_id, provider, new, turn.max_tokens)
         messages = fitted.messages
