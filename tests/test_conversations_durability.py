@@ -19,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from tests.gateway import Gateway, read_sse, serve, settings
-from tests.processes import serve_process
+from tests.processes import serve_process, upgraded
 from tests.stored import (
     all_settled,
     create,
@@ -440,3 +440,16 @@ async def _read_tokens_from(frames: object, count: int) -> str:
             if tokens >= count:
                 break
     return text
+
+
+async def test_a_new_sqlite_database_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    url = await upgraded(f"sqlite:///{tmp_path / 'fresh.db'}")
+    store = await Store.open(url)
+    try:
+        await store.create_conversation(None, system="private")
+        modes = {path.name: path.stat().st_mode & 0o777 for path in tmp_path.glob("fresh.db*")}
+    finally:
+        await store.close()
+
+    assert modes["fresh.db"] == 0o600
+    assert all(mode & 0o077 == 0 for mode in modes.values()), modes

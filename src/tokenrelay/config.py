@@ -86,6 +86,8 @@ class Limits(_Strict):
     max_tokens: int = Field(default=8_192, gt=0)
     ws_max_frame_bytes: int = Field(default=1_000_000, gt=0)
     ws_history_max_chars: int = Field(default=32_000, gt=0)
+    # Open WebSockets one user may hold on one instance (a browser tab holds one).
+    max_websockets_per_user: int = Field(default=8, gt=0)
     # Stored conversations: a system prompt, conversations per user, messages in one.
     max_system_chars: int = Field(default=32_000, gt=0)
     max_conversations_per_user: int = Field(default=1_000, gt=0)

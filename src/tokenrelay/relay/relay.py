@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Protocol
 
@@ -51,6 +52,8 @@ class Relay:
         self.finish_hooks: list[FinishHook] = []
         self.admission: Admission | None = None
         self.started_total = 0
+        # Open WebSockets per user on this instance (the WebSocket wire keeps the count).
+        self.sockets: Counter[str | None] = Counter()
         self._closing = False
         self._background: set[asyncio.Task[None]] = set()
 
