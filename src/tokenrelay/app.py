@@ -28,7 +28,16 @@ from tokenrelay.metrics import render_metrics
 from tokenrelay.providers import ProviderContext, build_provider
 from tokenrelay.relay import Relay
 from tokenrelay.store import Accounts, Store, open_store
-from tokenrelay.wires import admin, anthropic, conversations, native, openai, seed, websocket
+from tokenrelay.wires import (
+    admin,
+    anthropic,
+    conversations,
+    native,
+    openai,
+    openapi,
+    seed,
+    websocket,
+)
 from tokenrelay.wires.http import JSONResponse, error_response, internal_error_response
 from tokenrelay.wires.lanes import Handler, Lanes
 
@@ -151,6 +160,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/v1/admin/keys", admin.list_keys, methods=["GET"]),
         Route("/v1/admin/keys/{key_id}", admin.revoke_key, methods=["DELETE"]),
         Route("/v1/admin/usage", admin.usage, methods=["GET"]),
+        Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
