@@ -54,7 +54,7 @@ class Script(BaseModel):
     hang_after: int | None = Field(default=None, ge=0)
     truncate_after: int | None = Field(default=None, ge=0)
     split_utf8: bool = False
-    finish_reason: str = Field(default="stop", max_length=60)
+    finish_reason: str = "stop"
     usage: bool = True
 
 
