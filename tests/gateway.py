@@ -20,7 +20,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from tokenrelay.app import create_app
-from tokenrelay.config import Settings, load_settings
+from tokenrelay.config import Quota, Settings, load_settings
 from tokenrelay.relay import Relay
 from tokenrelay.server import GatewayServer, uvicorn_config
 
@@ -48,6 +48,9 @@ class Gateway:
         return self.url.replace("http://", "ws://", 1)
 
 
+NO_QUOTA = dict.fromkeys(Quota.model_fields, 0)
+
+
 def free_socket() -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -56,8 +59,10 @@ def free_socket() -> socket.socket:
 
 
 def settings(**overrides: Any) -> Settings:
-    """Settings for a test; ``models`` defaults to the scripted ``demo`` model."""
+    """Settings for a test; ``models`` defaults to the scripted ``demo`` model, and the default
+    per-user limits are off but for those the test sets (tests of them use load_settings)."""
     overrides.setdefault("models", {"demo": {"provider": "scripted"}})
+    overrides["rate_limits"] = {**NO_QUOTA, **overrides.get("rate_limits", {})}
     return load_settings(**overrides)
 
 

@@ -23,7 +23,7 @@ from tokenrelay.chat import ChatRequest, Message
 from tokenrelay.client import Client
 from tokenrelay.config import ModelConfig, load_settings
 from tokenrelay.events import Accepted, Finish, TextDelta, Usage
-from tokenrelay.providers.anthropic import AnthropicProvider, MessageStream
+from tokenrelay.providers.anthropic import AnthropicProvider, MessageStream, error_from_body
 from tokenrelay.providers.base import ProviderContext
 from tokenrelay.providers.sse import SSEEvent
 from tokenrelay.testing.fake_anthropic import FakeAnthropic, fake_prompt
@@ -319,6 +319,17 @@ async def test_api_key_never_appears_in_errors_or_logs(
         assert_secret_not_in_chain(error, KEY)
         assert KEY not in str(error.to_anthropic_payload())
     assert KEY not in caplog.text
+
+
+async def test_a_key_straddling_the_500_character_cut_leaks_no_prefix(
+    provider: AnthropicProvider,
+) -> None:
+    # Cut first and redacted after, the key's first characters would survive the cut.
+    error = error_from_body("x" * 490 + KEY, 502, KEY)
+    assert KEY[:6] not in error.message
+    _, error = await fail(provider, ask(status=401, error_message="x" * 490 + KEY))
+    assert KEY[:6] not in error.message
+    assert len(error.message) <= 600
 
 
 # -- closing the upstream

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +201,17 @@ async def test_an_expired_key_is_refused_even_while_cached(http: aiohttp.ClientS
 
     assert before == 200
     assert (after[0], orjson.loads(after[2])) == (401, REFUSAL)
+
+
+async def test_a_lifetime_past_any_date_is_a_400_not_a_500(http: aiohttp.ClientSession) -> None:
+    async with serve(**secured()) as gateway:
+        admin = bearer(await key_for(gateway, "root", ("admin",)))
+        status, _, raw = await call(
+            http, gateway, "POST", "/v1/admin/keys", {"owner": "bob", "expires_in": 1e12}, admin
+        )
+
+    assert status == 400
+    assert orjson.loads(raw)["error"]["code"] == "invalid_request"
 
 
 async def test_a_chat_key_is_forbidden_the_admin_routes(http: aiohttp.ClientSession) -> None:
@@ -400,7 +412,28 @@ async def test_a_jwt_subject_is_the_user_and_appears_on_first_use(
 
     assert (as_carol, as_dave) == (200, 404)
     assert admin[0] == 200 and chat_only == 403
-    assert known == [("carol@example.com",), ("dave",), ("jwt-user",)]
+    assert known == [("jwt:carol@example.com",), ("jwt:dave",), ("jwt:jwt-user",)]
+
+
+async def test_a_jwt_whose_subject_is_a_key_owner_is_another_user(
+    http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    url = await _fresh_database(tmp_path)
+    async with serve(database_url=url, **with_jwt()) as gateway:
+        admin_key = bearer(await key_for(gateway, "admin", ("admin",)))
+        _, _, raw = await call(http, gateway, "POST", "/v1/conversations", {}, admin_key)
+        conversation = orjson.loads(raw)["id"]
+        posing = bearer(hs256(sub="admin"))
+        read = await call(http, gateway, "GET", f"/v1/conversations/{conversation}", None, posing)
+        listed = await call(http, gateway, "GET", "/v1/conversations", None, posing)
+        new_key = await call(
+            http, gateway, "POST", "/v1/admin/keys", {"owner": "jwt:admin"}, admin_key
+        )
+
+    assert read[0] == 404
+    assert orjson.loads(listed[2])["data"] == []
+    # Nor can a key be issued into the JWT users' namespace.
+    assert new_key[0] == 400
 
 
 async def test_a_broken_database_answers_503_and_never_its_error_text(
@@ -442,10 +475,10 @@ async def test_the_first_loopback_start_makes_one_admin_key_and_prints_its_link(
         assert process.stdout is not None
         link = ""
         async with asyncio.timeout(30):
-            while "?key=" not in link:
+            while "#key=" not in link:
                 link = (await process.stdout.readline()).decode().strip()
                 assert link or process.returncode is None, "tokenrelay serve exited"
-        key = link.rsplit("?key=", 1)[1]
+        key = link.rsplit("#key=", 1)[1]
         await served.until_listening(http)
         async with http.get(f"{served.url}/v1/admin/keys", headers=bearer(key)) as r:
             keys = (await r.json())["data"]
@@ -455,8 +488,11 @@ async def test_the_first_loopback_start_makes_one_admin_key_and_prints_its_link(
         load_settings(database_url=url, auth={"enabled": True}, host="127.0.0.1")
     )
 
-    assert link == f"http://127.0.0.1:{port}/?key={key}"
+    # In the fragment, which browsers never send: a query string would be in the access log.
+    assert link == f"http://127.0.0.1:{port}/#key={key}"
     assert [(k["owner"], k["scopes"]) for k in keys] == [("admin", ["admin"])]
+    lifetime = datetime.fromisoformat(keys[0]["expires_at"]) - datetime.now(UTC)
+    assert timedelta(days=6) < lifetime <= timedelta(days=7)
     assert anonymous == 401
     # The key exists now: later starts make none.
     assert second_start is None

@@ -19,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from tests.gateway import Gateway, read_sse, serve, settings
-from tests.processes import serve_process
+from tests.processes import serve_process, upgraded
 from tests.stored import (
     all_settled,
     create,
@@ -83,6 +83,22 @@ async def test_history_survives_a_restart_and_is_the_next_replys_context(
         "system: Be brief. | user: first | assistant: one | user: second | assistant: two"
         " | user: third"
     )
+
+
+async def test_a_finish_reason_longer_than_its_column_still_stores_the_whole_reply(
+    http: aiohttp.ClientSession, database_url: str
+) -> None:
+    async with serve(database_url=database_url) as gateway:
+        cid = await create(http, gateway)
+        events = await post_turn(
+            http, gateway, cid, turn("hi", text="all of it", finish_reason="x" * 100)
+        )
+        await all_settled(gateway.app.state.store)
+        stored = await messages(http, gateway, cid)
+
+    assert events[-1].json() == {"finish_reason": "x" * 60}
+    assert (stored[-1]["status"], stored[-1]["content"]) == ("complete", "all of it")
+    assert stored[-1]["finish_reason"] == "x" * 60
 
 
 async def test_a_reply_the_client_left_is_complete_when_it_ran_to_its_end(
@@ -424,3 +440,16 @@ async def _read_tokens_from(frames: object, count: int) -> str:
             if tokens >= count:
                 break
     return text
+
+
+async def test_a_new_sqlite_database_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    url = await upgraded(f"sqlite:///{tmp_path / 'fresh.db'}")
+    store = await Store.open(url)
+    try:
+        await store.create_conversation(None, system="private")
+        modes = {path.name: path.stat().st_mode & 0o777 for path in tmp_path.glob("fresh.db*")}
+    finally:
+        await store.close()
+
+    assert modes["fresh.db"] == 0o600
+    assert all(mode & 0o077 == 0 for mode in modes.values()), modes

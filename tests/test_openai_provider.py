@@ -416,6 +416,20 @@ async def test_api_key_never_appears_in_errors_or_logs(
     assert KEY not in caplog.text
 
 
+async def test_a_key_straddling_the_500_character_cut_leaks_no_prefix(
+    provider: OpenAIProvider,
+) -> None:
+    # Cut first and redacted after, the key's first characters would survive the cut.
+    straddling = "x" * 490 + KEY
+    for script in (
+        {"status": 401, "error_body": {"error": {"message": straddling}}},
+        {"status": 500, "error_body": straddling},
+    ):
+        _, error = await fail(provider, ask(**script))
+        assert KEY[:6] not in error.message
+        assert_secret_not_in_chain(error, KEY[:6])
+
+
 # -- closing the upstream
 
 

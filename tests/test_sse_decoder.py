@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from tokenrelay import errors
 from tokenrelay.providers.sse import SSEDecoder, SSEEvent
 
 
@@ -245,3 +246,25 @@ def test_many_events_in_one_chunk() -> None:
     events, decoder = decode([wire])
     assert [e.data for e in events] == [f'{{"i":{i}}}' for i in range(1000)]
     assert not decoder.pending
+
+
+def test_a_line_that_never_ends_is_refused_past_the_event_limit() -> None:
+    decoder = SSEDecoder(max_event=1024)
+    decoder.feed(b"data: " + b"a" * 600)
+    with pytest.raises(errors.UpstreamError, match="over 1024 bytes"):
+        for _ in range(10):
+            decoder.feed(b"a" * 100)
+
+
+def test_an_event_of_many_data_lines_is_refused_past_the_event_limit() -> None:
+    decoder = SSEDecoder(max_event=1024)
+    with pytest.raises(errors.UpstreamError, match="over 1024 bytes"):
+        for _ in range(20):
+            decoder.feed(b"data: " + b"a" * 100 + b"\n")
+
+
+def test_events_under_the_limit_pass_however_they_are_split() -> None:
+    decoder = SSEDecoder(max_event=1024)
+    body = b"data: " + b"a" * 900 + b"\n\n"
+    events = [e for _ in range(50) for part in (body[:300], body[300:]) for e in decoder.feed(part)]
+    assert [len(e.data) for e in events] == [900] * 50

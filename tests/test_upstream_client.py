@@ -202,6 +202,29 @@ async def test_malformed_http_is_a_protocol_error(client: Client) -> None:
             await client.post(server.url, b"{}", {}, connect_timeout=2)
 
 
+async def test_an_unfinished_oversized_header_is_refused_before_it_ends(client: Client) -> None:
+    sent = 0
+
+    async def endless_header(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+    ) -> None:
+        # One header value that never ends: only the bytes received can tell it is too big.
+        nonlocal sent
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Big: ")
+        piece = b"a" * 65536
+        with contextlib.suppress(ConnectionError):
+            for _ in range(512):
+                writer.write(piece)
+                await writer.drain()
+                sent += len(piece)
+
+    async with raw_server(endless_header) as server:
+        with pytest.raises(ProtocolError, match="head is too large"):
+            async with asyncio.timeout(5):
+                await client.post(server.url, b"{}", {}, connect_timeout=2)
+    assert sent < 8 * 1024 * 1024
+
+
 async def test_a_truncated_length_framed_body_is_an_error_not_an_end(client: Client) -> None:
     async def short(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")

@@ -172,6 +172,24 @@ async def test_frame_over_the_limit_closes_with_1009() -> None:
     assert closed.value.rcvd.code == 1009
 
 
+async def test_a_user_past_the_websocket_limit_is_closed_with_1013_until_one_closes() -> None:
+    async with serve(limits={"max_websockets_per_user": 2}) as gateway:
+        async with chat(gateway) as first, chat(gateway) as second:
+            async with chat(gateway) as third:
+                with pytest.raises(ConnectionClosed) as closed:
+                    await receive(third)
+            await send(second, {"content": "still served"})
+            served = await reply(second)
+            del first
+        async with chat(gateway) as again:
+            await send(again, {"content": "room again"})
+            after = await reply(again)
+
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+    assert text_of(served) == "You said: still served"
+    assert text_of(after) == "You said: room again"
+
+
 async def test_resume_on_a_new_socket_continues_the_reply_with_no_gap_or_duplicate() -> None:
     async with serve() as gateway:
         async with chat(gateway) as ws:

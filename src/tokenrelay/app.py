@@ -30,7 +30,16 @@ from tokenrelay.providers import ProviderContext, build_provider
 from tokenrelay.providers.base import WORKER_STATES
 from tokenrelay.relay import Relay
 from tokenrelay.store import Accounts, Store, open_store
-from tokenrelay.wires import admin, anthropic, conversations, native, openai, seed, websocket
+from tokenrelay.wires import (
+    admin,
+    anthropic,
+    conversations,
+    native,
+    openai,
+    openapi,
+    seed,
+    websocket,
+)
 from tokenrelay.wires.http import JSONResponse, error_response, internal_error_response
 from tokenrelay.wires.lanes import Handler, Lanes
 
@@ -74,7 +83,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         store = await open_store(settings)
-        http = Client()
+        http = Client(max_head=settings.limits.upstream_max_head_bytes)
         try:
             context = ProviderContext(settings=settings, http=http)
             providers = {
@@ -153,6 +162,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/v1/admin/keys", admin.list_keys, methods=["GET"]),
         Route("/v1/admin/keys/{key_id}", admin.revoke_key, methods=["DELETE"]),
         Route("/v1/admin/usage", admin.usage, methods=["GET"]),
+        Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
@@ -223,7 +233,8 @@ async def readyz(request: Request) -> Response:
     return JSONResponse(
         {
             "status": "ready",
-            "models": list(relay.providers),
+            # How many models, never their names: /readyz answers without credentials.
+            "models": len(relay.providers),
             "database": "ok",
             "workers": {state: workers[state] for state in WORKER_STATES},
         }

@@ -111,7 +111,8 @@ def serve_forever(settings: Settings, first_key: str | None = None) -> int:
         print(
             "A first admin key was created. Open this link to start (the key is shown once;\n"
             "the page keeps it in your browser; `tokenrelay keys create` makes more):\n"
-            f"    http://{host}:{settings.port}/?key={first_key}",
+            # A fragment, never sent to the server: a query string would be in its access log.
+            f"    http://{host}:{settings.port}/#key={first_key}",
             flush=True,
         )
     elif not settings.auth.enabled:

@@ -16,6 +16,7 @@ Nested environment variables use a double underscore: ``TOKENRELAY_TIMEOUTS__IDL
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
@@ -85,6 +86,32 @@ class Limits(_Strict):
     max_tokens: int = Field(default=8_192, gt=0)
     ws_max_frame_bytes: int = Field(default=1_000_000, gt=0)
     ws_history_max_chars: int = Field(default=32_000, gt=0)
+    # Open WebSockets one user may hold on one instance (a browser tab holds one).
+    max_websockets_per_user: int = Field(default=8, gt=0)
+    # Stored conversations: a system prompt, conversations per user, messages in one.
+    max_system_chars: int = Field(default=32_000, gt=0)
+    max_conversations_per_user: int = Field(default=1_000, gt=0)
+    max_messages_per_conversation: int = Field(default=2_000, gt=2)
+    # A request's ``script``: characters of text and tokens together (the scripted model).
+    max_script_chars: int = Field(default=10_000, gt=0)
+    # What an upstream may make the gateway hold: a response head (finished or not), and one
+    # SSE event or unfinished line.
+    upstream_max_head_bytes: int = Field(default=64 * 1024, gt=0)
+    upstream_max_event_bytes: int = Field(default=1024 * 1024, gt=0)
+
+
+class ServerSettings(_Strict):
+    """What one connection may hold before a request reaches the app (see http_protocol)."""
+
+    # Request line and headers together; a JWT or a long cookie fits well within it.
+    max_header_bytes: int = Field(default=32 * 1024, gt=0)
+    # From a request's first byte to the end of its head, and from there to its body's end.
+    header_timeout: float = Field(default=10.0, gt=0)
+    body_timeout: float = Field(default=30.0, gt=0)
+    # A connection with no request in flight, before its first one too.
+    idle_timeout: float = Field(default=5.0, gt=0)
+    # Open connections of this process, WebSockets and streams included; past it a 503.
+    max_connections: int = Field(default=4_096, gt=0)
 
 
 class StreamSettings(_Strict):
@@ -121,6 +148,11 @@ class RateLimitSettings(Quota):
     Counters are in-process unless ``redis_url`` is set; then every instance shares them.
     """
 
+    # Safe defaults for a first start, which nobody meets typing by hand; 0 turns one off.
+    requests_per_minute: int | None = Field(default=60, ge=0)
+    concurrent_streams: int | None = Field(default=8, ge=0)
+    tokens_per_minute: int | None = Field(default=100_000, ge=0)
+    tokens_per_day: int | None = Field(default=2_000_000, ge=0)
     users: dict[str, Quota] = Field(default_factory=dict)
     # When Redis cannot be reached: refuse with 503 ``limiter_unavailable`` or admit unlimited.
     redis_failure: Literal["fail_closed", "fail_open"] = "fail_closed"
@@ -136,6 +168,11 @@ class RateLimitSettings(Quota):
 
     # Settings are frozen, so each user's quota is worked out once; admission asks per request.
     _quotas: dict[str | None, Quota] = PrivateAttr(default_factory=dict)
+
+    @field_validator(*Quota.model_fields, mode="after")
+    @classmethod
+    def _zero_is_off(cls, value: int | None) -> int | None:
+        return value or None
 
     def quota_for(self, user: str | None) -> Quota:
         override = self.users.get(user) if user is not None else None
@@ -161,6 +198,8 @@ class AuthSettings(_Strict):
     # Seconds a checked key is trusted without the database: revoking it on another instance
     # takes effect within this long (at once on the instance that revoked it).
     key_cache_ttl: float = Field(default=5.0, ge=0)
+    # Seconds the admin key a first loopback start makes stays valid.
+    first_key_lifetime: float = Field(default=7 * 86_400, gt=0, le=366 * 86_400)
     # A WebSocket without an Authorization header must send {"type":"auth"} within this.
     ws_auth_timeout: float = Field(default=5.0, gt=0)
     # Browser origins allowed to open WebSockets besides the gateway's own ("*" for any).
@@ -184,6 +223,15 @@ class AuthSettings(_Strict):
     def model_post_init(self, context: Any, /) -> None:
         if self.jwt_configured and (self.jwt_issuer is None or self.jwt_audience is None):
             raise ValueError("auth: JWT needs jwt_issuer and jwt_audience to check tokens against")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def local_model_available() -> bool:
@@ -234,6 +282,7 @@ class Settings(BaseSettings):
     models: dict[str, ModelConfig] = Field(default_factory=default_models)
     timeouts: Timeouts = Field(default_factory=Timeouts)
     limits: Limits = Field(default_factory=Limits)
+    server: ServerSettings = Field(default_factory=ServerSettings)
     streams: StreamSettings = Field(default_factory=StreamSettings)
     conversations: ConversationSettings = Field(default_factory=ConversationSettings)
     # SQLite (``sqlite:///path``) or PostgreSQL (``postgresql://…``); by default a
@@ -244,6 +293,15 @@ class Settings(BaseSettings):
     # Shared rate, concurrency and budget counters (the ``redis`` extra); in-process without.
     redis_url: str | None = None
     log_level: str = "info"
+    # Whether a request's ``script`` steers the scripted model (its faults and delays are a
+    # client's to choose then). None: only on a loopback bind, as for the demo and the tests.
+    allow_request_scripts: bool | None = None
+
+    @property
+    def request_scripts_allowed(self) -> bool:
+        if self.allow_request_scripts is not None:
+            return self.allow_request_scripts
+        return is_loopback(self.host)
 
     @classmethod
     def settings_customise_sources(

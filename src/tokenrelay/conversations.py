@@ -150,10 +150,21 @@ class Conversations:
             )
         check_max_tokens(turn.max_tokens, limits)
         name, provider = self.relay.provider_for(turn.model or conversation.model)
+        # A turn stores two messages: the user's and the reply.
+        if (
+            await self.store.count_messages(conversation_id) + 2
+            > limits.max_messages_per_conversation
+        ):
+            raise errors.InvalidRequest(
+                f"this conversation holds {limits.max_messages_per_conversation} messages "
+                "(the limit); start a new one"
+            )
         new = Message(role="user", content=turn.content)
         fitted = await self._context(conversation_id, provider, new, turn.max_tokens)
         messages = fitted.messages
-        admitted = await self.relay.admit(ChatRequest(name, messages, turn.max_tokens), owner)
+        admitted = await self.relay.admit(
+            ChatRequest(name, messages, turn.max_tokens, script=turn.script), owner
+        )
         first_title = fallback_title(turn.content) if conversation.title is None else None
         [user] = await self.store.add_messages(
             conversation_id, [("user", turn.content)], fallback_title=first_title
@@ -161,7 +172,9 @@ class Conversations:
         if fitted.dropped:
             # After the user's message is stored: this is a whole generation, and a crash
             # during it must not lose what the user sent.
-            summary = await self._summarize(provider.model_name, fitted.dropped, fitted.window)
+            summary = await self._summarize(
+                owner, provider.model_name, fitted.dropped, fitted.window
+            )
             if summary:
                 note = Message(role="system", content=f"{SUMMARY_PREFIX}{summary}")
                 messages = [*messages[: fitted.system], note, *messages[fitted.system :]]
@@ -229,7 +242,9 @@ class Conversations:
                 dropped.append(message)
         return Fitted(fitter.messages(), len(fitter.system), dropped[::-1], window)
 
-    async def _summarize(self, model: str, dropped: list[Message], window: int) -> str | None:
+    async def _summarize(
+        self, owner: str | None, model: str, dropped: list[Message], window: int
+    ) -> str | None:
         """The model's summary of ``dropped`` (oldest first), or None if it could not write one."""
         # Characters of transcript the summarizing request can hold (estimate_tokens: <= 3 a
         # token); when even the dropped part overflows, its newest whole messages are kept.
@@ -251,7 +266,12 @@ class Conversations:
             max_tokens=self.settings.conversations.summary_tokens,
             temperature=0.2,
         )
-        stream = self.relay.start(request)
+        try:
+            # Admitted and charged like the user's own requests: it is their generation too.
+            stream = await self.relay.open(request, owner=owner)
+        except errors.TokenRelayError as exc:
+            logger.info("no summary of %d dropped messages: %s", len(dropped), exc.code)
+            return None
         assert stream.task is not None
         await stream.task
         if stream.status != "complete":
@@ -305,7 +325,7 @@ class Conversations:
             max_tokens=24,
         )
         try:
-            stream = self.relay.start(request, owner=conversation.owner)
+            stream = await self.relay.open(request, owner=conversation.owner)
             assert stream.task is not None
             await stream.task
         except errors.TokenRelayError as exc:

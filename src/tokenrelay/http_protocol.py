@@ -1,4 +1,17 @@
-"""uvicorn's httptools protocol, with its idle queues made small.
+"""uvicorn's httptools protocol, bounded against hostile clients, with its idle queues small.
+
+Bounds (``[server]`` settings), none of which uvicorn's httptools protocol has by itself:
+
+* a request head (request line and headers, finished or not) over ``max_header_bytes`` is a
+  431; httptools grows an unfinished header by concatenation, so only counting the bytes
+  received catches one that never ends;
+* a head must arrive within ``header_timeout`` of its first byte, and a body within
+  ``body_timeout`` of its head (a 408, or a plain close once a response has started);
+* a connection that sends nothing is closed after ``idle_timeout``, the first request too
+  (uvicorn times out only the wait between requests);
+* past ``max_connections`` open connections (WebSockets included) a new one gets a 503.
+
+Memory:
 
 An open stream keeps its connection's protocol alive for as long as it streams, thousands at
 once. uvicorn gives each connection three queues that are empty nearly all of the time: the
@@ -15,9 +28,17 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from http import HTTPStatus
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from tokenrelay.config import ServerSettings
+
+# After a refusal, the client's unread bytes are read and dropped this long before the close:
+# closing on unread data sends a reset, and the client may lose the answer to it (nginx's
+# lingering close).
+LINGER = 1.0
 
 
 class _Pipeline(list[Any]):
@@ -29,19 +50,103 @@ class _Pipeline(list[Any]):
         self.insert(0, item)
 
 
-class LeanHttpToolsProtocol(HttpToolsProtocol):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+class GatewayHttpProtocol(HttpToolsProtocol):
+    def __init__(self, *args: Any, limits: ServerSettings | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.limits = limits or ServerSettings()
+        self._head_bytes = 0
+        self._in_head = False
+        self._refused = False
+        self._timer: asyncio.TimerHandle | None = None
         if isinstance(getattr(self, "pipeline", None), deque) and not self.pipeline:
             self.pipeline = _Pipeline()  # type: ignore[assignment]
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         _lean_waiters(getattr(self.flow, "_is_writable_event", None))
+        # This connection is already counted.
+        if len(self.connections) > self.limits.max_connections:
+            self.logger.warning("refused a connection: %d are open", len(self.connections) - 1)
+            self._answer(HTTPStatus.SERVICE_UNAVAILABLE, "too many open connections")
+            return
+        # The wait for a first request is timed like the wait between two (keep-alive).
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeout_keep_alive, self.timeout_keep_alive_handler
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        super().data_received(data)
+        if self._in_head and not self.transport.is_closing():
+            # Every byte of an unfinished head: the request line and headers, ended or not.
+            self._head_bytes += len(data)
+            if self._head_bytes > self.limits.max_header_bytes:
+                self._answer(
+                    HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    f"the request head is over {self.limits.max_header_bytes} bytes",
+                )
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_bytes = 0
+        self._in_head = True
+        self._arm(self.limits.header_timeout)
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._disarm()
         super().on_headers_complete()
+        if self.scope.get("path") is not None:  # not an upgrade: a body (maybe empty) follows
+            self._arm(self.limits.body_timeout)
         _lean_waiters(getattr(self.cycle, "message_event", None))
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+
+    def _arm(self, delay: float) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(delay, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        what = "head" if self._in_head else "body"
+        self._answer(HTTPStatus.REQUEST_TIMEOUT, f"the request {what} took too long to arrive")
+
+    def _answer(self, status: HTTPStatus, message: str) -> None:
+        """Answer ``status`` if no response has started on this connection, and close it."""
+        self._disarm()
+        self._in_head = False
+        if self.transport.is_closing() or self._refused:
+            return
+        self._refused = True
+        self._unset_keepalive_if_required()
+        if self.cycle is not None and not self.cycle.response_complete:
+            # The app may still be reading this request: tell it the client is gone.
+            self.cycle.disconnected = True
+            self.cycle.message_event.set()
+            if self.cycle.response_started:
+                self.transport.close()
+                return
+        text = message.encode()
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+            % (status.value, status.phrase.encode(), len(text), text)
+        )
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER, self.transport.close)
 
 
 def _lean_waiters(event: object) -> None:

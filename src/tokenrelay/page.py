@@ -37,7 +37,7 @@ PAGE_HEADERS = {
         "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
         "frame-ancestors 'none'"
     ),
-    # The first-run link carries a key in its query string: never send it on as a referrer.
+    # A link may carry a key (the first-run one does, in its fragment): never pass it on.
     "Referrer-Policy": "no-referrer",
 }
 

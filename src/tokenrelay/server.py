@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 
@@ -9,7 +10,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from tokenrelay.config import Settings
-from tokenrelay.http_protocol import LeanHttpToolsProtocol
+from tokenrelay.http_protocol import GatewayHttpProtocol
 from tokenrelay.wires.relaying import dropped_client
 
 UNFINISHED = "ASGI callable returned without completing response"
@@ -84,7 +85,8 @@ def uvicorn_config(app: Starlette, settings: Settings, **overrides: object) -> u
     options: dict[str, object] = {
         "host": settings.host,
         "port": settings.port,
-        "http": LeanHttpToolsProtocol,
+        "http": functools.partial(GatewayHttpProtocol, limits=settings.server),
+        "timeout_keep_alive": settings.server.idle_timeout,
         "ws": "websockets-sansio",
         "ws_max_size": settings.limits.ws_max_frame_bytes,
         "log_level": settings.log_level,

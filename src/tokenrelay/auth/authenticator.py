@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from tokenrelay import errors
 from tokenrelay.auth import keys
 from tokenrelay.auth.identity import Principal
-from tokenrelay.auth.tokens import MAX_SUBJECT, JWTVerifier
+from tokenrelay.auth.tokens import JWT_USER_PREFIX, MAX_SUBJECT, JWTVerifier
 from tokenrelay.config import AuthSettings, Quota
 from tokenrelay.store.accounts import Accounts, KeyRecord
 from tokenrelay.store.models import utcnow
@@ -89,14 +89,15 @@ class Authenticator:
     async def _by_jwt(self, token: str) -> Principal:
         assert self.jwt is not None
         claims = self.jwt.verify(token)
-        if claims.subject not in self._known_users:
+        user = JWT_USER_PREFIX + claims.subject
+        if user not in self._known_users:
             try:
-                await self.accounts.ensure_user(claims.subject)
+                await self.accounts.ensure_user(user)
             except Exception:
                 logger.exception("recording a new user failed")
                 raise unavailable() from None
-            self._known_users.add(claims.subject)
-        return Principal(user=claims.subject, scopes=claims.scopes)
+            self._known_users.add(user)
+        return Principal(user=user, scopes=claims.scopes)
 
 
 def _principal(record: KeyRecord) -> Principal:
@@ -109,4 +110,10 @@ def _principal(record: KeyRecord) -> Principal:
 
 
 def valid_user_name(name: str) -> bool:
-    return 0 < len(name) <= MAX_SUBJECT and name.isprintable() and name.strip() == name
+    """A name a key may be issued to: JWT users' own namespace is not one."""
+    return (
+        0 < len(name) <= MAX_SUBJECT
+        and name.isprintable()
+        and name.strip() == name
+        and not name.startswith(JWT_USER_PREFIX)
+    )

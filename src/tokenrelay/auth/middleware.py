@@ -27,7 +27,7 @@ from tokenrelay.auth.authenticator import Authenticator, refused
 from tokenrelay.auth.identity import Principal, current
 from tokenrelay.config import AuthSettings
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/"})
 OPEN_PREFIXES = ("/static/",)
 ADMIN_PATHS = frozenset({"/metrics", "/v1/admin"})
 ADMIN_PREFIXES = ("/v1/admin/",)

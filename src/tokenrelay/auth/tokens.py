@@ -23,6 +23,9 @@ from tokenrelay.config import AuthSettings, ConfigError
 
 ASYMMETRIC = ("RS256", "ES256")
 MAX_SUBJECT = 200
+# JWT subjects live in a namespace of their own: a token whose ``sub`` is "admin" must not be
+# the key owner "admin" (the first-run key's user), nor see that user's conversations.
+JWT_USER_PREFIX = "jwt:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +89,7 @@ def _refused() -> errors.Unauthorized:
 
 def _claims(claims: dict[str, Any]) -> Claims:
     subject = claims.get("sub")
-    if not isinstance(subject, str) or not 0 < len(subject) <= MAX_SUBJECT:
+    if not isinstance(subject, str) or not 0 < len(subject) <= MAX_SUBJECT - len(JWT_USER_PREFIX):
         raise _refused()
     raw = claims.get("scope", claims.get("scp", ""))
     granted = set(raw.split() if isinstance(raw, str) else raw if isinstance(raw, list) else [])

@@ -19,6 +19,7 @@ from tokenrelay.client.errors import Disconnected, ProtocolError
 HIGH_WATER = 256 * 1024
 """Body bytes held before the socket stops reading (the kernel's buffers then push back)."""
 MAX_HEAD = 64 * 1024
+"""Response head bytes (status line and headers, finished or not) before the client gives up."""
 
 
 class Connection(asyncio.Protocol):
@@ -42,14 +43,16 @@ class Connection(asyncio.Protocol):
         "_waiter",
         "headers",
         "key",
+        "max_head",
         "parser",
         "status",
         "transport",
         "used",
     )
 
-    def __init__(self, key: tuple[str, str, int]) -> None:
+    def __init__(self, key: tuple[str, str, int], max_head: int = MAX_HEAD) -> None:
         self.key = key
+        self.max_head = max_head
         """(scheme, host, port): the pool's key for connections that may serve a request."""
         self.transport: asyncio.Transport | None = None
         self.parser: httptools.HttpResponseParser | None = None
@@ -84,12 +87,16 @@ class Connection(asyncio.Protocol):
         if self.parser is None:
             self._fail(ProtocolError("the upstream sent data without being asked"))
             return
+        if not self.status:
+            # Every byte until the head is complete counts, not only finished headers: httptools
+            # holds an unfinished header value too, growing it with each chunk.
+            self._head_size += len(data)
         try:
             self.parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             self._fail(ProtocolError(f"the upstream sent malformed HTTP ({exc})"))
             return
-        if not self.status and self._head_size > MAX_HEAD:
+        if not self.status and self._head_size > self.max_head:
             self._fail(ProtocolError("the upstream's response head is too large"))
             return
         if self._buffered > HIGH_WATER and not self._paused and self.transport is not None:
@@ -110,11 +117,7 @@ class Connection(asyncio.Protocol):
 
     # -- httptools callbacks
 
-    def on_status(self, status: bytes) -> None:
-        self._head_size += len(status)
-
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_size += len(name) + len(value)
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
         previous = self.headers.get(key)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from tokenrelay.client.connection import Connection
+from tokenrelay.client.connection import MAX_HEAD, Connection
 from tokenrelay.client.errors import ClientError, ConnectFailed, Disconnected
 from tokenrelay.client.resolver import Resolver
 
@@ -102,8 +102,15 @@ class Response:
 class Client:
     """HTTP/1.1 ``POST`` with streamed responses and per-origin keep-alive pools."""
 
-    def __init__(self, *, keepalive: float = 15.0, ssl_context: ssl.SSLContext | None = None):
+    def __init__(
+        self,
+        *,
+        keepalive: float = 15.0,
+        ssl_context: ssl.SSLContext | None = None,
+        max_head: int = MAX_HEAD,
+    ):
         self.keepalive = keepalive
+        self.max_head = max_head
         self._ssl = ssl_context
         self._idle: dict[Origin, list[tuple[float, Connection]]] = {}
         self._targets: dict[str, _Target] = {}
@@ -208,7 +215,7 @@ class Client:
                 for ip, ip_port in addresses:
                     try:
                         _, connection = await loop.create_connection(
-                            lambda: Connection(origin),
+                            lambda: Connection(origin, self.max_head),
                             ip,
                             ip_port,
                             ssl=self._ssl_context() if tls else None,

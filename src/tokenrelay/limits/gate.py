@@ -131,6 +131,25 @@ class Gate:
         self._waiting.add(ticket)
         return ticket
 
+    async def count_request(self, owner: str | None) -> None:
+        """Take one request from ``owner``'s rate for a request that starts no stream."""
+        rate = self.quota(owner).requests_per_minute
+        if rate is None:
+            return
+        quota = Quota(requests_per_minute=rate)
+        lease = Lease(subject_of(owner), "lease_" + secrets.token_urlsafe(12))
+        try:
+            async with asyncio.timeout(self.timeout):
+                decision = await self.limiter.admit(lease.subject, quota, 0, lease.id)
+                if decision.code is None:
+                    await self.limiter.settle(lease, quota, 0, decision.day)
+        except (LimiterDown, TimeoutError) as exc:
+            self._unavailable(exc)
+            return
+        publish(rate_headers(quota, decision))
+        if decision.code is not None:
+            raise _refusal(decision.code, decision.retry_after, quota)
+
     def _unavailable(self, exc: BaseException) -> None:
         """Apply the Redis-down policy: raise (fail closed) or let the request in unlimited."""
         now = time.monotonic()

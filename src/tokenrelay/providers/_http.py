@@ -19,12 +19,18 @@ import orjson
 from tokenrelay import errors
 from tokenrelay.client import Client, ClientError, ConnectFailed, Disconnected, Response
 
+MAX_UPSTREAM_TEXT = 500
 
-def redact(text: str, secret: str | None) -> str:
-    """Upstreams echo keys in messages ("Incorrect API key provided: sk-…"); never pass one on."""
+
+def redact(text: str, secret: str | None, limit: int = MAX_UPSTREAM_TEXT) -> str:
+    """Upstreams echo keys in messages ("Incorrect API key provided: sk-…"); never pass one on.
+
+    The text is cut to ``limit`` characters only after the key is replaced: cut first, a key
+    straddling the cut would no longer match and its prefix would pass.
+    """
     if secret and secret in text:
         text = text.replace(secret, "[redacted]")
-    return text
+    return text[:limit]
 
 
 def error_for_status(

@@ -98,7 +98,7 @@ def error_from_body(
         kind = body["error"].get("type")
         message = body["error"].get("message")
     elif isinstance(body, str):
-        message = body[:500]
+        message = body
     if not isinstance(message, str) or not message:
         message = kind if isinstance(kind, str) else f"HTTP {status}" if status else "no error"
     text = f"anthropic upstream: {redact(message, secret)}"
@@ -210,7 +210,7 @@ class AnthropicProvider(Provider):
                 raise _json_instead_of_stream(await read_json(response), secret)
             response.forget_headers()
             yield Accepted()
-            decoder = SSEDecoder()
+            decoder = SSEDecoder(self.context.settings.limits.upstream_max_event_bytes)
             while chunk := await read_chunk(response):
                 for sse in decoder.feed(chunk):
                     for event in message.handle(sse):

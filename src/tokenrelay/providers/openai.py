@@ -30,7 +30,6 @@ from tokenrelay.providers._http import (
 from tokenrelay.providers.base import Provider
 from tokenrelay.providers.sse import SSEDecoder
 
-MAX_MESSAGE = 500
 _DONE = "[DONE]"
 _CONTEXT_CODES = {"context_length_exceeded", "exceed_context_size_error", "string_above_max_length"}
 _CONTEXT_PHRASES = ("maximum context length", "context length", "context window", "context size")
@@ -87,7 +86,7 @@ class OpenAIProvider(Provider):
             response.forget_headers()
             yield Accepted()
 
-            reader = _EventReader(secret)
+            reader = _EventReader(secret, self.context.settings.limits.upstream_max_event_bytes)
             while not reader.done:
                 chunk = await read_chunk(response)
                 if not chunk:
@@ -118,8 +117,8 @@ class _EventReader:
 
     __slots__ = ("_decoder", "_held", "_secret", "done", "failure", "finish_reason", "usage")
 
-    def __init__(self, secret: str | None) -> None:
-        self._decoder = SSEDecoder()
+    def __init__(self, secret: str | None, max_event: int) -> None:
+        self._decoder = SSEDecoder(max_event)
         self._secret = secret
         self._held = ""  # a high surrogate waiting for its pair from the next delta
         self.done = False
@@ -245,13 +244,13 @@ def _payload_error(payload: Any, secret: str | None) -> errors.TokenRelayError:
 def _describe(payload: Any) -> tuple[str, str, str]:
     """``(code, type, message)`` from the error shapes OpenAI-compatible servers use."""
     if isinstance(payload, str):
-        return "", "", payload[:MAX_MESSAGE]
+        return "", "", payload
     if not isinstance(payload, dict):
         return "", "", ""
     error = payload.get("error", payload)
     if isinstance(error, str):
         # {"error": "message"}, as Ollama and some proxies answer.
-        return "", "", error[:MAX_MESSAGE]
+        return "", "", error
     if not isinstance(error, dict):
         return "", "", ""
     # OpenAI's {"error": {...}}, vLLM's flat {"object": "error", "message", "code"}, and
@@ -264,7 +263,7 @@ def _describe(payload: Any) -> tuple[str, str, str]:
     return (
         str(code) if code is not None else "",
         str(kind) if kind is not None else "",
-        message[:MAX_MESSAGE],
+        message,
     )
 
 

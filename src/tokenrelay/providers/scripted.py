@@ -7,6 +7,11 @@ The script comes from the model's ``options`` in the config, overridden per requ
 
 Text is carried as UTF-8 bytes and decoded incrementally, exactly as a network provider must,
 so ``split_utf8`` exercises the same path a real upstream splitting a character would.
+
+A request's script is a client's input like any other: its text and tokens are capped
+(``limits.max_script_chars``), tokens are made one at a time as they are sent (``repeat`` never
+builds a list), the reply stops at ``max_tokens`` (the configured limit when the request names
+none), and a script without delays still lets the event loop run every few tokens.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -25,6 +30,9 @@ from tokenrelay.events import Accepted, Finish, ProviderEvent, TextDelta, Usage
 from tokenrelay.providers.base import Provider
 
 _WORDS = re.compile(r"\s*\S+|\s+$")
+# Chunks sent between two turns of the event loop when a script has no delay: enough to stay
+# fast, few enough that no other connection waits more than a fraction of a millisecond.
+YIELD_EVERY = 16
 
 
 class Script(BaseModel):
@@ -60,25 +68,45 @@ def parse_script(*layers: dict[str, object] | None) -> Script:
         raise errors.invalid_request(exc, "script") from None
 
 
-def _tokens(script: Script, request: ChatRequest) -> list[str]:
+def _tokens(script: Script, request: ChatRequest) -> Iterator[str]:
+    """The reply's tokens, made as they are taken: ``repeat`` never builds a list."""
     if script.tokens is not None:
-        return script.tokens * script.repeat
-    text = script.text
-    if text is None and script.echo == "history":
-        text = " | ".join(f"{m.role}: {m.content}" for m in request.messages)
-    elif text is None:
-        heard = request.last_user_text().strip() or "nothing"
-        text = f"You said: {heard}"
-    return _WORDS.findall(text) * script.repeat
+        tokens = script.tokens
+    else:
+        text = script.text
+        if text is None and script.echo == "history":
+            text = " | ".join(f"{m.role}: {m.content}" for m in request.messages)
+        elif text is None:
+            heard = request.last_user_text().strip() or "nothing"
+            text = f"You said: {heard}"
+        tokens = _WORDS.findall(text)
+    for _ in range(script.repeat):
+        yield from tokens
 
 
-def _chunks(tokens: list[str], split: bool) -> list[bytes]:
+def _chunks(tokens: Iterable[str], split: bool) -> Iterator[bytes]:
     """The byte chunks a network would deliver; with ``split``, cut inside characters."""
     if not split:
-        return [token.encode() for token in tokens]
-    data = "".join(tokens).encode()
+        for token in tokens:
+            yield token.encode()
+        return
     # A stride of 3 cuts every 4-byte emoji and most 3-byte CJK characters mid-sequence.
-    return [data[i : i + 3] for i in range(0, len(data), 3)]
+    pending = b""
+    for token in tokens:
+        pending += token.encode()
+        while len(pending) >= 3:
+            yield pending[:3]
+            pending = pending[3:]
+    if pending:
+        yield pending
+
+
+def _check_size(script: Script, limit: int) -> None:
+    size = len(script.text or "") + sum(len(token) for token in script.tokens or ())
+    if size > limit or len(script.tokens or ()) > limit:
+        raise errors.PayloadTooLarge(
+            f"script text and tokens are {size} characters (the limit is {limit})"
+        )
 
 
 class ScriptedProvider(Provider):
@@ -86,6 +114,9 @@ class ScriptedProvider(Provider):
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ProviderEvent]:
         script = parse_script(self.config.options.get("script"), request.script)
+        limits = self.context.settings.limits
+        if request.script is not None:
+            _check_size(script, limits.max_script_chars)
         if script.accept_delay:
             await asyncio.sleep(script.accept_delay)
         if script.fail:
@@ -96,28 +127,30 @@ class ScriptedProvider(Provider):
         if script.first_delay:
             await asyncio.sleep(script.first_delay)
 
-        chunks = _chunks(_tokens(script, request), script.split_utf8)
-        limit = request.max_tokens
+        limit = request.max_tokens if request.max_tokens is not None else limits.max_tokens
         decoder = codecs.getincrementaldecoder("utf-8")()
         sent = 0
         finish_reason = script.finish_reason
-        for index, chunk in enumerate(chunks):
+        cut = False
+        for index, chunk in enumerate(_chunks(_tokens(script, request), script.split_utf8)):
             if script.hang_after == index:
                 await asyncio.Event().wait()
             if script.error_after == index:
                 raise errors.from_code(script.error_code, f"scripted failure after {index} tokens")
             if script.truncate_after == index:
                 raise errors.UpstreamError("upstream ended the stream early (truncated)")
-            if limit is not None and sent >= limit:
-                finish_reason = "length"
+            if sent >= limit:
+                finish_reason, cut = "length", True
                 break
             if index and script.delay:
                 await asyncio.sleep(script.delay)
+            elif index % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)
             text = decoder.decode(chunk)
             sent += 1
             if text:
                 yield TextDelta(text)
-        if script.hang_after is not None and script.hang_after >= len(chunks):
+        if script.hang_after is not None and script.hang_after >= sent and not cut:
             await asyncio.Event().wait()
         tail = decoder.decode(b"", final=True)
         if tail:

@@ -14,16 +14,24 @@ Feed it ``bytes`` as they arrive from the network and get back the events they c
 Lines are split on bytes (CR, LF and CRLF are ASCII and never occur inside a multi-byte UTF-8
 sequence) and only complete lines are decoded, so a character split across chunks is never
 broken. Field names are compared as bytes; values are decoded once per event.
+
+The spec sets no size limit; this decoder does (``max_event``): an unfinished line and an
+undispatched event's data both count, so an upstream cannot make the gateway hold an endless
+line or event.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tokenrelay import errors
+
 _BOM = b"\xef\xbb\xbf"
 _LF = 0x0A
 _CR = 0x0D
 _COLON = 0x3A
+MAX_EVENT = 1024 * 1024
+"""Bytes of one event (its data lines, or a line not ended yet) the decoder holds at most."""
 
 
 @dataclass(slots=True)
@@ -44,15 +52,21 @@ class SSEDecoder:
         "_after_cr",
         "_bom_done",
         "_data",
+        "_data_size",
         "_event_type",
         "_in_event",
         "_last_event_id",
         "_partial",
+        "_partial_size",
         "_retry",
+        "max_event",
         "retry",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, max_event: int = MAX_EVENT) -> None:
+        self.max_event = max_event
+        self._partial_size = 0
+        self._data_size = 0
         self._partial: list[bytes] = []  # pieces of a line whose end has not arrived yet
         self._after_cr = False  # the previous chunk ended with CR: a leading LF is its pair
         self._bom_done = False
@@ -113,14 +127,21 @@ class SSEDecoder:
             tail = lines.pop()
             if not lines:
                 self._partial.append(tail)
+                self._partial_size += len(tail)
+                self._check_size()
                 return []
             if self._partial:
                 lines[0] = b"".join(self._partial) + lines[0]
             self._partial = [tail]
-            return self._process(lines)
+            self._partial_size = 0
+            events = self._process(lines)
+            self._partial_size = len(tail)
+            self._check_size()
+            return events
         if self._partial:
             lines[0] = b"".join(self._partial) + lines[0]
             self._partial = []
+            self._partial_size = 0
         return self._process(lines)
 
     def _process(self, lines: list[bytes]) -> list[SSEEvent]:
@@ -157,6 +178,8 @@ class SSEDecoder:
             # Spec: "Append the field value to the data buffer, then append a single U+000A
             # LINE FEED (LF) character to the data buffer." -- joined with LF at dispatch.
             self._data.append(value)
+            self._data_size += len(value) + 1
+            self._check_size()
         elif name == b"event":
             # Spec: "Set the event type buffer to field value."
             self._event_type = value
@@ -172,8 +195,15 @@ class SSEDecoder:
                 self._retry = self.retry = int(value)
         # Spec: "Otherwise -> The field is ignored."
 
+    def _check_size(self) -> None:
+        if self._partial_size + self._data_size > self.max_event:
+            raise errors.UpstreamError(
+                f"the upstream sent an event or line over {self.max_event} bytes"
+            )
+
     def _dispatch(self) -> SSEEvent | None:
         self._in_event = False
+        self._data_size = 0
         retry, self._retry = self._retry, None
         if not self._data:
             # Spec: "If the data buffer is an empty string, set the data buffer and the event

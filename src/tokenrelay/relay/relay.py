@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Protocol
 
@@ -20,6 +21,9 @@ from tokenrelay.relay.stream import Stream
 logger = logging.getLogger("tokenrelay.relay")
 
 FinishHook = Callable[[Stream], Awaitable[None]]
+# A finish reason comes from the upstream or a script; the store keeps it in VARCHAR(60), and
+# one too long for that would fail the reply's final write (and lose its last text).
+MAX_FINISH_REASON = 60
 
 
 class Admitted(Protocol):
@@ -48,6 +52,8 @@ class Relay:
         self.finish_hooks: list[FinishHook] = []
         self.admission: Admission | None = None
         self.started_total = 0
+        # Open WebSockets per user on this instance (the WebSocket wire keeps the count).
+        self.sockets: Counter[str | None] = Counter()
         self._closing = False
         self._background: set[asyncio.Task[None]] = set()
 
@@ -60,6 +66,10 @@ class Relay:
     async def admit(self, request: ChatRequest, owner: str | None) -> Admitted | None:
         """Ask admission whether ``owner`` may start ``request``; it raises if not."""
         self.provider_for(request.model)
+        if request.script is not None and not self.settings.request_scripts_allowed:
+            raise errors.InvalidRequest(
+                "script is turned off on this server (allow_request_scripts)"
+            )
         return None if self.admission is None else await self.admission.admit(request, owner)
 
     async def open(
@@ -224,6 +234,8 @@ class Relay:
                         log.append(event)
                     case Finish():
                         log.mark_accepted()
+                        if len(event.reason) > MAX_FINISH_REASON:
+                            event = Finish(event.reason[:MAX_FINISH_REASON])
                         log.append(event)
                         return
                     case _:

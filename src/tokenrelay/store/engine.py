@@ -10,6 +10,8 @@ for other processes on the same file.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from typing import Any
 
 from sqlalchemy import event
@@ -53,7 +55,18 @@ def create_engine(raw_url: str, **options: Any) -> AsyncEngine:
     return create_async_engine(url, pool_pre_ping=True, **options)
 
 
+def _create_private(database: str | None) -> None:
+    """Create the database file readable by its owner only (SQLite gives its -wal and -shm
+    files the same mode); SQLite itself would create it world-readable under a usual umask."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    # A missing folder is SQLite's to report, as it would without this.
+    with contextlib.suppress(FileExistsError, FileNotFoundError):
+        os.close(os.open(database, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+
+
 def _sqlite_engine(url: URL, **options: Any) -> AsyncEngine:
+    _create_private(url.database)
     engine = create_async_engine(url, pool_size=5, max_overflow=20, pool_timeout=60, **options)
 
     @event.listens_for(engine.sync_engine, "connect")

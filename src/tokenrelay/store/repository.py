@@ -15,7 +15,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar, cast
 
-from sqlalchemy import ColumnElement, Table, and_, delete, insert, or_, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    Table,
+    and_,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -125,10 +136,18 @@ class Store:
         title: str | None = None,
         model: str | None = None,
         system: str | None = None,
+        most: int | None = None,
     ) -> ConversationRecord:
+        """A new conversation; refused when ``owner`` already has ``most`` of them."""
         now = utcnow()
         record = ConversationRecord(new_id("conv"), owner, title, model, now, now)
         async with self._write() as connection:
+            if most is not None:
+                count = select(func.count()).select_from(conversations).where(_owned_by(owner))
+                if (await connection.scalar(count) or 0) >= most:
+                    raise errors.InvalidRequest(
+                        f"there are {most} conversations already (the limit); delete some first"
+                    )
             await connection.execute(insert(conversations).values(**_fields(record)))
             if system:
                 await connection.execute(
@@ -264,6 +283,12 @@ class Store:
             if len(rows) < page:
                 return
             before = rows[-1].seq
+
+    async def count_messages(self, conversation_id: str) -> int:
+        async with self.engine.connect() as connection:
+            query = select(func.count()).where(messages.c.conversation_id == conversation_id)
+            count: int = await connection.scalar(query) or 0
+        return count
 
     async def add_messages(
         self,

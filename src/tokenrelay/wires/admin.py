@@ -34,7 +34,10 @@ class NewKey(BaseModel):
     scopes: list[Literal["chat", "admin"]] = Field(default=["chat"], min_length=1)
     name: str | None = Field(default=None, max_length=200)
     expires_at: AwareDatetime | None = None
-    expires_in: float | None = Field(default=None, gt=0, description="seconds from now")
+    # At most ten years: a larger number overflowed the date arithmetic (a 500).
+    expires_in: float | None = Field(
+        default=None, gt=0, le=10 * 365 * 86_400, description="seconds from now"
+    )
     limits: Quota = Field(default_factory=Quota)
 
 

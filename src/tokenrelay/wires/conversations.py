@@ -21,6 +21,7 @@ from starlette.responses import Response
 
 from tokenrelay import errors
 from tokenrelay.conversations import Conversations, Turn
+from tokenrelay.limits import Gate
 from tokenrelay.relay import Relay
 from tokenrelay.store.repository import ConversationRecord, MessageRecord, Page, Store
 from tokenrelay.wires.body import GenerationOptions
@@ -130,11 +131,23 @@ def _owner(request: Request) -> str | None:
 
 async def create_conversation(request: Request) -> Response:
     body = validate(NewConversation, await _body(request, empty_ok=True))
+    relay: Relay = request.app.state.relay
     if body.model is not None:
-        relay: Relay = request.app.state.relay
         relay.provider_for(body.model)
+    limits = relay.settings.limits
+    if body.system is not None and len(body.system) > limits.max_system_chars:
+        raise errors.PayloadTooLarge(
+            f"system is {len(body.system)} characters (the limit is {limits.max_system_chars})"
+        )
+    # Stored data is spent too: a new conversation counts against the user's request rate.
+    gate: Gate = request.app.state.gate
+    await gate.count_request(_owner(request))
     record = await _store(request).create_conversation(
-        _owner(request), title=body.title, model=body.model, system=body.system
+        _owner(request),
+        title=body.title,
+        model=body.model,
+        system=body.system,
+        most=limits.max_conversations_per_user,
     )
     return JSONResponse(conversation_json(record), status_code=201)
 

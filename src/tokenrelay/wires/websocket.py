@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from typing import Any, Literal
 
 import orjson
@@ -213,4 +214,18 @@ class ChatSocket:
 
 
 async def chat_socket(websocket: WebSocket) -> None:
-    await ChatSocket(websocket, websocket.app.state.relay).run()
+    relay: Relay = websocket.app.state.relay
+    owner: str | None = websocket.scope.get("user")
+    # Per instance: each socket holds a connection and a task for as long as it stays open.
+    open_sockets: Counter[str | None] = relay.sockets
+    if open_sockets[owner] >= relay.settings.limits.max_websockets_per_user:
+        await websocket.accept()
+        await websocket.close(1013, "too many WebSockets open for this user")
+        return
+    open_sockets[owner] += 1
+    try:
+        await ChatSocket(websocket, relay).run()
+    finally:
+        open_sockets[owner] -= 1
+        if not open_sockets[owner]:
+            del open_sockets[owner]
