@@ -22,7 +22,7 @@ from starlette.applications import Starlette
 from tokenrelay.app import create_app
 from tokenrelay.config import Quota, Settings, load_settings
 from tokenrelay.relay import Relay
-from tokenrelay.server import GatewayServer, uvicorn_config
+from tokenrelay.serving.server import GatewayServer, uvicorn_config
 
 
 class _QuietServer(GatewayServer):

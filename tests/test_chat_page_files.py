@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 
 from tests.gateway import serve
-from tokenrelay.page import TYPES
+from tokenrelay.web.page import TYPES
 
 
 async def test_the_page_and_its_files_are_served_with_their_content_types(

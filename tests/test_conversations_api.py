@@ -12,9 +12,9 @@ import orjson
 from tests.gateway import Gateway, read_sse, serve
 from tests.stored import create, messages, post_turn, settled, text_of, turn, words
 from tokenrelay import errors
-from tokenrelay.context import MESSAGE_OVERHEAD, estimate_tokens
-from tokenrelay.conversations import Turn
+from tokenrelay.conversations.service import Turn
 from tokenrelay.store import Store
+from tokenrelay.tokens import MESSAGE_OVERHEAD, estimate_tokens
 
 
 def store_of(gateway: Gateway) -> Store:

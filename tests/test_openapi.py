@@ -19,8 +19,8 @@ from schemathesis import checks
 
 from tests.gateway import free_socket, serve
 from tests.probes import scripted_config
-from tokenrelay.wires.body import ChatFields
-from tokenrelay.wires.openapi import document
+from tokenrelay.api.openapi import document
+from tokenrelay.http.bodies import ChatFields
 
 # Per operation; about two dozen operations, so a few hundred requests in all.
 EXAMPLES = 12

@@ -18,30 +18,23 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
-from tokenrelay import errors, page
+from tokenrelay import errors
+from tokenrelay.api import admin, conversations, openapi
 from tokenrelay.auth import Authenticator, AuthMiddleware
 from tokenrelay.client import Client
 from tokenrelay.config import Settings, load_settings
-from tokenrelay.conversations import Conversations
+from tokenrelay.conversations.service import Conversations
+from tokenrelay.http.responses import JSONResponse, error_response, internal_error_response
 from tokenrelay.limits import Gate, RateLimitHeaders, build_limiter
 from tokenrelay.limits.ledger import Ledger
 from tokenrelay.metrics import render_metrics
 from tokenrelay.providers import ProviderContext, build_provider
 from tokenrelay.providers.base import WORKER_STATES
 from tokenrelay.relay import Relay
+from tokenrelay.serving.lanes import Handler, Lanes
 from tokenrelay.store import Accounts, Store, open_store
-from tokenrelay.wires import (
-    admin,
-    anthropic,
-    conversations,
-    native,
-    openai,
-    openapi,
-    seed,
-    websocket,
-)
-from tokenrelay.wires.http import JSONResponse, error_response, internal_error_response
-from tokenrelay.wires.lanes import Handler, Lanes
+from tokenrelay.web import page
+from tokenrelay.wires import anthropic, native, openai, seed, websocket
 
 logger = logging.getLogger("tokenrelay")
 Call = TypeVar("Call", bound=Callable[..., Any])

@@ -99,7 +99,7 @@ async def check_local(settings: Settings) -> int:
 
 def serve_forever(settings: Settings, first_key: str | None = None) -> int:
     from tokenrelay.app import create_app
-    from tokenrelay.server import GatewayServer, uvicorn_config
+    from tokenrelay.serving.server import GatewayServer, uvicorn_config
 
     server = GatewayServer(
         uvicorn_config(create_app(settings), settings, loop="uvloop"),

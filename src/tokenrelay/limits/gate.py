@@ -8,7 +8,7 @@ alike) the lease is released and the charge corrected to the usage the provider 
 (or, when it reported none, to an estimate of the text that was streamed). A no is a 429
 with the reason's code and ``Retry-After``.
 
-The estimate at admission is the prompt (counted as :mod:`tokenrelay.context` does) plus
+The estimate at admission is the prompt (estimated as :mod:`tokenrelay.tokens` does) plus
 ``max_tokens`` or ``rate_limits.completion_estimate``.
 """
 
@@ -26,7 +26,6 @@ from tokenrelay import errors
 from tokenrelay.auth import identity
 from tokenrelay.chat import ChatRequest
 from tokenrelay.config import Quota, RateLimitSettings
-from tokenrelay.context import MESSAGE_OVERHEAD, estimate_tokens
 from tokenrelay.events import Usage
 from tokenrelay.limits.base import Lease, Limiter, LimiterDown
 from tokenrelay.limits.headers import duration, publish, rate_headers
@@ -34,6 +33,7 @@ from tokenrelay.limits.ledger import Ledger
 from tokenrelay.relay.stream import Stream
 from tokenrelay.store.accounts import Usage as UsageRow
 from tokenrelay.store.models import utcnow
+from tokenrelay.tokens import MESSAGE_OVERHEAD, estimate_tokens
 
 logger = logging.getLogger("tokenrelay.limits")
 

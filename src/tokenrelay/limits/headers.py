@@ -1,7 +1,7 @@
 """``x-ratelimit-*`` headers (OpenAI's names) on the responses admission answered.
 
 Admission runs below the wires, with no response in hand; it leaves its headers in a
-per-request dict that this middleware (or :mod:`tokenrelay.wires.lanes`) opened, and they are
+per-request dict that this middleware (or :mod:`tokenrelay.serving.lanes`) opened, and they are
 added to the response head whatever the route sends (a stream, a JSON body or an error).
 """
 

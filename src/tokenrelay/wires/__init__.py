@@ -1,1 +1,1 @@
-"""Wires: each encodes the same stream events for one kind of client."""
+"""Wires: the client dialects, each a request adapter and an encoder of the same events."""

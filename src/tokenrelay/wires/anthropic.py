@@ -23,12 +23,12 @@ from starlette.responses import Response
 from tokenrelay import errors
 from tokenrelay.chat import ChatRequest, Message
 from tokenrelay.events import Event, Failed, Finish, Opened, TextDelta, Usage
+from tokenrelay.http.responses import JSONResponse, read_json, validate
+from tokenrelay.http.streaming import CollectedResponse, EventStreamResponse
+from tokenrelay.limits.bounds import check_max_tokens, check_messages
 from tokenrelay.relay import Relay
 from tokenrelay.relay.log import coalesce
 from tokenrelay.relay.stream import Stream
-from tokenrelay.wires.body import check_max_tokens, check_messages
-from tokenrelay.wires.http import JSONResponse, read_json, validate
-from tokenrelay.wires.relaying import CollectedResponse, EventStreamResponse
 
 # Finish reasons in Anthropic's words; others (``refusal``, ``pause_turn``…) pass unchanged.
 STOP_REASONS = {

@@ -16,11 +16,11 @@ from starlette.responses import Response
 
 from tokenrelay import errors
 from tokenrelay.events import Event, Failed, Finish, Opened, Queued, TextDelta, Usage
+from tokenrelay.http.bodies import ChatFields
+from tokenrelay.http.responses import JSONResponse, read_json, validate
+from tokenrelay.http.streaming import EventStreamResponse
 from tokenrelay.relay import Relay
 from tokenrelay.relay.log import coalesce
-from tokenrelay.wires.body import ChatFields
-from tokenrelay.wires.http import JSONResponse, read_json, validate
-from tokenrelay.wires.relaying import EventStreamResponse
 
 
 def _frame(event_id: int, name: bytes, data: object) -> bytes:

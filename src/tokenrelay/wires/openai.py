@@ -16,12 +16,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tokenrelay.events import Event, Failed, Finish, TextDelta, Usage
+from tokenrelay.http.bodies import ChatFields
+from tokenrelay.http.responses import JSONResponse, read_json, validate
+from tokenrelay.http.streaming import CollectedResponse, EventStreamResponse
 from tokenrelay.relay import Relay
 from tokenrelay.relay.log import coalesce
 from tokenrelay.relay.stream import Stream
-from tokenrelay.wires.body import ChatFields
-from tokenrelay.wires.http import JSONResponse, read_json, validate
-from tokenrelay.wires.relaying import CollectedResponse, EventStreamResponse
 
 
 class StreamOptions(BaseModel):

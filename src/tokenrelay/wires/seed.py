@@ -11,11 +11,11 @@ import orjson
 from starlette.requests import Request
 
 from tokenrelay.events import Event, Failed, Finish, TextDelta
+from tokenrelay.http.bodies import ChatFields
+from tokenrelay.http.responses import read_json, validate
+from tokenrelay.http.streaming import EventStreamResponse
 from tokenrelay.relay import Relay
 from tokenrelay.relay.log import coalesce
-from tokenrelay.wires.body import ChatFields
-from tokenrelay.wires.http import read_json, validate
-from tokenrelay.wires.relaying import EventStreamResponse
 
 
 class SeedEncoder:

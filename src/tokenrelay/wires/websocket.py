@@ -31,14 +31,14 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from tokenrelay import errors
 from tokenrelay.chat import ChatRequest, Message
-from tokenrelay.conversations import Conversations
-from tokenrelay.conversations import Turn as StoredTurn
+from tokenrelay.conversations.service import Conversations
+from tokenrelay.conversations.service import Turn as StoredTurn
 from tokenrelay.events import Event, Failed, Finish, Opened, Queued, TextDelta, Usage
+from tokenrelay.http.responses import parse_json, validate
+from tokenrelay.http.streaming import MAX_WRITE_CHARS
+from tokenrelay.limits.bounds import check_max_tokens, check_messages
 from tokenrelay.relay import Relay, Stream
 from tokenrelay.relay.log import coalesce
-from tokenrelay.wires.body import check_max_tokens, check_messages
-from tokenrelay.wires.http import parse_json, validate
-from tokenrelay.wires.relaying import MAX_WRITE_CHARS
 
 
 class Turn(BaseModel):

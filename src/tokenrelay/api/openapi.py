@@ -18,11 +18,11 @@ from pydantic.json_schema import models_json_schema
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tokenrelay.wires.admin import NewKey
+from tokenrelay.api.admin import NewKey
+from tokenrelay.api.conversations import ConversationChanges, NewConversation, NewMessage
+from tokenrelay.http.bodies import ChatFields
+from tokenrelay.http.responses import JSONResponse
 from tokenrelay.wires.anthropic import MessagesBody
-from tokenrelay.wires.body import ChatFields
-from tokenrelay.wires.conversations import ConversationChanges, NewConversation, NewMessage
-from tokenrelay.wires.http import JSONResponse
 from tokenrelay.wires.openai import CompletionBody
 
 JSON = "application/json"

@@ -6,9 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from tokenrelay import errors
 from tokenrelay.chat import ChatRequest, Message
 from tokenrelay.config import Limits
+from tokenrelay.limits.bounds import check_max_tokens, check_messages
 
 
 class TextPart(BaseModel):
@@ -80,26 +80,4 @@ class ChatFields(GenerationOptions):
             stop=self.stop_list(),
             seed=self.seed,
             script=self.script,
-        )
-
-
-def check_messages(messages: list[Message], limits: Limits) -> None:
-    if not messages:
-        raise errors.InvalidRequest("messages must hold at least one message")
-    if len(messages) > limits.max_messages:
-        raise errors.InvalidRequest(
-            f"too many messages: {len(messages)} (the limit is {limits.max_messages})"
-        )
-    for index, message in enumerate(messages):
-        if len(message.content) > limits.max_message_chars:
-            raise errors.PayloadTooLarge(
-                f"messages.{index}.content is {len(message.content)} characters "
-                f"(the limit is {limits.max_message_chars})"
-            )
-
-
-def check_max_tokens(max_tokens: int | None, limits: Limits) -> None:
-    if max_tokens is not None and max_tokens > limits.max_tokens:
-        raise errors.InvalidRequest(
-            f"max_tokens is {max_tokens} (the limit is {limits.max_tokens})"
         )

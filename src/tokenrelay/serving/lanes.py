@@ -20,9 +20,9 @@ from tokenrelay import errors
 from tokenrelay.auth.identity import current
 from tokenrelay.auth.middleware import check, credential, enter, refuse_http
 from tokenrelay.config import AuthSettings
+from tokenrelay.http.responses import error_response, internal_error_response
+from tokenrelay.http.streaming import CollectedResponse, EventStreamResponse
 from tokenrelay.limits import headers as rate_limit
-from tokenrelay.wires.http import error_response, internal_error_response
-from tokenrelay.wires.relaying import CollectedResponse, EventStreamResponse
 
 Handler = Callable[[Request], Awaitable[ASGIApp]]
 logger = logging.getLogger("tokenrelay")

@@ -22,9 +22,9 @@ from tokenrelay.auth import Authenticator
 from tokenrelay.auth.authenticator import valid_user_name
 from tokenrelay.auth.keys import issue_key
 from tokenrelay.config import Quota
+from tokenrelay.http.responses import JSONResponse, read_json, validate
 from tokenrelay.limits import Gate
 from tokenrelay.store.accounts import Accounts, KeyRecord
-from tokenrelay.wires.http import JSONResponse, read_json, validate
 
 
 class NewKey(BaseModel):

@@ -20,14 +20,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tokenrelay import errors
-from tokenrelay.conversations import Conversations, Turn
+from tokenrelay.conversations.service import Conversations, Turn
+from tokenrelay.http.bodies import GenerationOptions
+from tokenrelay.http.responses import JSONResponse, read_json, validate
+from tokenrelay.http.streaming import EventStreamResponse
 from tokenrelay.limits import Gate
 from tokenrelay.relay import Relay
 from tokenrelay.store.repository import ConversationRecord, MessageRecord, Page, Store
-from tokenrelay.wires.body import GenerationOptions
-from tokenrelay.wires.http import JSONResponse, read_json, validate
 from tokenrelay.wires.native import NativeEncoder
-from tokenrelay.wires.relaying import EventStreamResponse
 
 MAX_PAGE = 100
 

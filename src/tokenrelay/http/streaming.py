@@ -20,10 +20,10 @@ from starlette.types import Message, Receive, Scope, Send
 from tokenrelay import errors
 from tokenrelay.config import StreamSettings
 from tokenrelay.events import Event, Failed
+from tokenrelay.http.responses import error_response
 from tokenrelay.limits import headers as rate_limit
 from tokenrelay.relay.deadline import Deadline
 from tokenrelay.relay.stream import Stream
-from tokenrelay.wires.http import error_response
 
 logger = logging.getLogger("tokenrelay.wires")
 
@@ -38,8 +38,8 @@ PING = b": ping\n\n"
 MAX_WRITE_CHARS = 16 * 1024
 # Set in a response's task when it lets go of a client that stopped reading. The response is
 # left unfinished on purpose, which uvicorn reports at ERROR once the task returns; the server
-# filters that one report out (tokenrelay.server.QuietDroppedClients), as this module already
-# logged the drop.
+# filters that one report out (tokenrelay.serving.server.QuietDroppedClients), as this module
+# already logged the drop.
 dropped_client: ContextVar[bool] = ContextVar("tokenrelay_dropped_client", default=False)
 
 

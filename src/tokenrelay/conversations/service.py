@@ -3,7 +3,7 @@
 :class:`Conversations` is what the conversation routes and the WebSocket call to take a turn.
 It builds the context from the store (fitted to the model's window, the stored history left
 as it is), starts a resumable stream on the relay, and hands the stream to a
-:class:`~tokenrelay.store.recorder.Recorder`.
+:class:`~tokenrelay.conversations.recorder.Recorder`.
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from tokenrelay import errors
 from tokenrelay.chat import ChatRequest, Message, Role
 from tokenrelay.config import Settings
-from tokenrelay.context import MESSAGE_OVERHEAD, ContextFitter, estimated_tokens
+from tokenrelay.conversations.context import ContextFitter
+from tokenrelay.conversations.recorder import Recorder
+from tokenrelay.limits.bounds import check_max_tokens
 from tokenrelay.providers.base import Provider
 from tokenrelay.relay import Relay, Stream
-from tokenrelay.store.recorder import Recorder
 from tokenrelay.store.repository import ConversationRecord, MessageRecord, Store
-from tokenrelay.wires.body import check_max_tokens
+from tokenrelay.tokens import MESSAGE_OVERHEAD, estimated_tokens
 
 logger = logging.getLogger("tokenrelay.conversations")
 

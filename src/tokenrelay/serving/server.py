@@ -10,8 +10,8 @@ import uvicorn
 from starlette.applications import Starlette
 
 from tokenrelay.config import Settings
-from tokenrelay.http_protocol import GatewayHttpProtocol
-from tokenrelay.wires.relaying import dropped_client
+from tokenrelay.http.streaming import dropped_client
+from tokenrelay.serving.protocol import GatewayHttpProtocol
 
 UNFINISHED = "ASGI callable returned without completing response"
 
@@ -52,7 +52,7 @@ class QuietDroppedClients(logging.Filter):
 
     A response lets go of a client that stopped reading (its send timeout) without finishing,
     as finishing would wait on that client too; it logs the drop itself and marks its task
-    (:data:`~tokenrelay.wires.relaying.dropped_client`), and uvicorn logs from the same task.
+    (:data:`~tokenrelay.http.streaming.dropped_client`), and uvicorn logs from the same task.
     Any other unfinished response is still reported: that one is a bug.
     """
 

@@ -1,0 +1,1 @@
+"""REST routes: models, conversations, keys and usage, health, the OpenAPI document."""

@@ -1,0 +1,1 @@
+"""Stored conversations: the service that takes turns, context fitting, the reply recorder."""

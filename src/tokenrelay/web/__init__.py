@@ -1,0 +1,1 @@
+"""The chat page: its files and the two routes that serve them."""
