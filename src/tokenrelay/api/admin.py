@@ -27,7 +27,7 @@ from tokenrelay.limits import Gate
 from tokenrelay.store.accounts import Accounts, KeyRecord
 
 
-class NewKey(BaseModel):
+class KeyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     owner: str = Field(min_length=1, max_length=200)
@@ -62,7 +62,7 @@ def _accounts(request: Request) -> Accounts:
 
 
 async def create_key(request: Request) -> Response:
-    body = validate(NewKey, await read_json(request, 64 * 1024))
+    body = validate(KeyRequest, await read_json(request, 64 * 1024))
     if not valid_user_name(body.owner):
         raise errors.InvalidRequest("owner: use printable characters without edge spaces")
     if body.expires_at is not None and body.expires_in is not None:

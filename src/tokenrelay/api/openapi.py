@@ -18,7 +18,7 @@ from pydantic.json_schema import models_json_schema
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tokenrelay.api.admin import NewKey
+from tokenrelay.api.admin import KeyRequest
 from tokenrelay.api.conversations import ConversationChanges, NewConversation, NewMessage
 from tokenrelay.http.bodies import ChatFields
 from tokenrelay.http.responses import JSONResponse
@@ -85,7 +85,7 @@ OPERATIONS = (
         NewMessage,
         (SSE,),
     ),
-    Operation("post", "/v1/admin/keys", "issue a key (shown once)", NewKey, status="201"),
+    Operation("post", "/v1/admin/keys", "issue a key (shown once)", KeyRequest, status="201"),
     Operation(
         "get",
         "/v1/admin/keys",

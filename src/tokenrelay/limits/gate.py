@@ -31,7 +31,7 @@ from tokenrelay.limits.base import Lease, Limiter, LimiterDown
 from tokenrelay.limits.headers import duration, publish, rate_headers
 from tokenrelay.limits.ledger import Ledger
 from tokenrelay.relay.stream import Stream
-from tokenrelay.store.accounts import Usage as UsageRow
+from tokenrelay.store.accounts import StreamUsage
 from tokenrelay.store.models import utcnow
 from tokenrelay.tokens import MESSAGE_OVERHEAD, estimate_tokens
 
@@ -184,7 +184,7 @@ class Gate:
         await self._settle(ticket, prompt + completion)
         if self.ledger is not None:
             self.ledger.add(
-                UsageRow(
+                StreamUsage(
                     owner=ticket.owner,
                     key_id=ticket.key_id,
                     model=stream.model,

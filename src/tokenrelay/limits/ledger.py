@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 
-from tokenrelay.store.accounts import Accounts, Usage
+from tokenrelay.store.accounts import Accounts, StreamUsage
 
 logger = logging.getLogger("tokenrelay.limits")
 
@@ -22,12 +22,12 @@ class Ledger:
         self.accounts = accounts
         self.interval = interval
         self.batch = batch
-        self._pending: list[Usage] = []
+        self._pending: list[StreamUsage] = []
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    def add(self, row: Usage) -> None:
+    def add(self, row: StreamUsage) -> None:
         if len(self._pending) >= MAX_PENDING:
             # The database has been failing for a while; memory must stay bounded.
             logger.error("usage ledger full: dropping the oldest unwritten row")

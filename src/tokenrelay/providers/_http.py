@@ -127,7 +127,7 @@ async def read_chunk(response: Response) -> bytes:
         raise errors.UpstreamError("upstream connection lost mid-stream") from exc
 
 
-async def read_json(response: Response, limit: int = 64 * 1024) -> object:
+async def read_upstream_json(response: Response, limit: int = 64 * 1024) -> object:
     """An error body: JSON if it parses, else its text (at most ``limit`` bytes read)."""
     body = bytearray()
     with contextlib.suppress(ClientError):

@@ -32,7 +32,7 @@ from tokenrelay.providers._http import (
     error_for_status,
     open_stream,
     read_chunk,
-    read_json,
+    read_upstream_json,
     redact,
     retry_after,
 )
@@ -53,7 +53,7 @@ ERROR_TYPES: dict[str, type[errors.TokenRelayError]] = {
     "api_error": errors.UpstreamError,
     "not_found_error": errors.NotFound,
 }
-STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
+FINISH_OF_STOP_REASON = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
 
 
 def build_body(request: ChatRequest, model: str) -> dict[str, Any]:
@@ -156,7 +156,7 @@ class MessageStream:
             self._count(data.get("usage"))
         elif kind == "message_stop":
             self.ended = True
-            reason = STOP_REASONS.get(self.stop_reason or "end_turn", self.stop_reason)
+            reason = FINISH_OF_STOP_REASON.get(self.stop_reason or "end_turn", self.stop_reason)
             return [Usage(self.prompt_tokens, self.completion_tokens), Finish(reason or "stop")]
         elif kind == "error":
             self.ended = True
@@ -203,11 +203,11 @@ class AnthropicProvider(Provider):
         message = MessageStream(secret)
         try:
             if response.status != 200:
-                body = await read_json(response)
+                body = await read_upstream_json(response)
                 wait = retry_after(response.headers)
                 raise error_from_body(body, response.status, secret, wait=wait)
             if response.content_type == "application/json":
-                raise _json_instead_of_stream(await read_json(response), secret)
+                raise _json_instead_of_stream(await read_upstream_json(response), secret)
             response.forget_headers()
             yield Accepted()
             decoder = SSEDecoder(self.context.settings.limits.upstream_max_event_bytes)

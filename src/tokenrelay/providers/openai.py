@@ -23,7 +23,7 @@ from tokenrelay.providers._http import (
     error_for_status,
     open_stream,
     read_chunk,
-    read_json,
+    read_upstream_json,
     redact,
     retry_after,
 )
@@ -79,7 +79,7 @@ class OpenAIProvider(Provider):
                 raise await _status_error(response, self.upstream_model, secret)
             if response.content_type == "application/json":
                 # Some gateways answer a stream request with a JSON error and a 200.
-                payload = await read_json(response)
+                payload = await read_upstream_json(response)
                 if isinstance(payload, dict) and payload.get("error"):
                     raise _payload_error(payload, secret)
                 raise errors.UpstreamError("the upstream answered with JSON, not an event stream")
@@ -220,7 +220,7 @@ async def _status_error(
     response: Response, model: str, secret: str | None
 ) -> errors.TokenRelayError:
     status = response.status
-    code, kind, message = _describe(await read_json(response))
+    code, kind, message = _describe(await read_upstream_json(response))
     message = redact(message or f"HTTP {status}", secret)
     if status in (400, 422) and _is_context(code, kind, message):
         return errors.ContextLengthExceeded(message)

@@ -106,7 +106,7 @@ class KeyRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class Usage:
+class StreamUsage:
     """One admitted stream's tokens, as the ledger writes them."""
 
     owner: str | None
@@ -240,7 +240,7 @@ class Accounts:
         async with self.store.engine.connect() as connection:
             return (await connection.scalar(query)) is not None
 
-    async def record_usage(self, rows: Sequence[Usage]) -> None:
+    async def record_usage(self, rows: Sequence[StreamUsage]) -> None:
         if not rows:
             return
         values = [{name: getattr(row, name) for name in row.__dataclass_fields__} for row in rows]

@@ -68,7 +68,7 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
-class Conversation(Base):
+class ConversationRow(Base):
     __tablename__ = "conversations"
     __table_args__ = (Index("ix_conversations_owner_created", "owner", "created_at", "id"),)
 
@@ -80,7 +80,7 @@ class Conversation(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
-class Message(Base):
+class MessageRow(Base):
     __tablename__ = "messages"
     __table_args__ = (
         Index("ix_messages_conversation_seq", "conversation_id", "seq"),

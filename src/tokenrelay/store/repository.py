@@ -33,14 +33,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tokenrelay import errors
 from tokenrelay.store import schema
 from tokenrelay.store.engine import WRITE, create_engine
-from tokenrelay.store.models import Conversation, Message, MessageStatus, utcnow
+from tokenrelay.store.models import ConversationRow, MessageRow, MessageStatus, utcnow
 
 T = TypeVar("T")
 REOPENABLE = ("streaming", "interrupted")
 # Leases renewed per statement: a bounded IN list whatever the number of live replies.
 RENEW_BATCH = 500
-conversations = cast(Table, Conversation.__table__)
-messages = cast(Table, Message.__table__)
+conversations = cast(Table, ConversationRow.__table__)
+messages = cast(Table, MessageRow.__table__)
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ from tokenrelay.relay.log import coalesce
 from tokenrelay.relay.stream import Stream
 
 # Finish reasons in Anthropic's words; others (``refusal``, ``pause_turn``…) pass unchanged.
-STOP_REASONS = {
+STOP_REASON_OF_FINISH = {
     "stop": "end_turn",
     "length": "max_tokens",
     "content_filter": "refusal",
@@ -127,7 +127,7 @@ def message_id(stream: Stream) -> str:
 
 
 def stop_reason(reason: str) -> str:
-    return STOP_REASONS.get(reason, reason)
+    return STOP_REASON_OF_FINISH.get(reason, reason)
 
 
 def usage_payload(usage: Usage | None) -> dict[str, int]:

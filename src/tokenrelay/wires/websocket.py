@@ -31,8 +31,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from tokenrelay import errors
 from tokenrelay.chat import ChatRequest, Message
-from tokenrelay.conversations.service import Conversations
-from tokenrelay.conversations.service import Turn as StoredTurn
+from tokenrelay.conversations.service import Conversations, Turn
 from tokenrelay.events import Event, Failed, Finish, Opened, Queued, TextDelta, Usage
 from tokenrelay.http.responses import parse_json, validate
 from tokenrelay.http.streaming import MAX_WRITE_CHARS
@@ -41,7 +40,7 @@ from tokenrelay.relay import Relay, Stream
 from tokenrelay.relay.log import coalesce
 
 
-class Turn(BaseModel):
+class ChatFrame(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["message"] = "message"
@@ -122,7 +121,7 @@ class ChatSocket:
     async def handle(self, data: Any) -> None:
         kind = data.get("type", "message") if isinstance(data, dict) else None
         if kind == "message":
-            await self.start(validate(Turn, data))
+            await self.start(validate(ChatFrame, data))
         elif kind == "cancel":
             if self.current is not None:
                 self.current.cancel(errors.Cancelled("the reply was cancelled by the client"))
@@ -144,13 +143,13 @@ class ChatSocket:
         if self.follower is not None and not self.follower.done():
             raise errors.InvalidRequest("a reply is still streaming; cancel it first")
 
-    async def start(self, turn: Turn) -> None:
+    async def start(self, turn: ChatFrame) -> None:
         # Checked before a stream starts, so a refused turn costs no generation.
         self._check_idle()
         conversation_id = turn.conversation_id or self.conversation_id
         if conversation_id is not None:
             conversations: Conversations = self.websocket.app.state.conversations
-            stored = StoredTurn(
+            stored = Turn(
                 turn.content, turn.model, turn.max_tokens, turn.temperature, script=turn.script
             )
             started = await conversations.take_turn(self.owner, conversation_id, stored)
