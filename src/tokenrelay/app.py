@@ -24,7 +24,8 @@ from tokenrelay.auth import Authenticator, AuthMiddleware
 from tokenrelay.client import Client
 from tokenrelay.config import Settings, load_settings
 from tokenrelay.conversations.service import Conversations
-from tokenrelay.http.responses import JSONResponse, error_response, internal_error_response
+from tokenrelay.http.errors import error_response, internal_error_response
+from tokenrelay.http.responses import JSONResponse
 from tokenrelay.limits import Gate, RateLimitHeaders, build_limiter
 from tokenrelay.limits.ledger import Ledger
 from tokenrelay.metrics import render_metrics
@@ -180,22 +181,23 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
 async def _relay_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, errors.TokenRelayError)
-    return error_response(exc)
+    return error_response(exc, errors.dialect_of(request.url.path))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (no route, wrong method), in the path's dialect."""
     assert isinstance(exc, HTTPException)
+    path = request.url.path
+    error: errors.TokenRelayError
     if exc.status_code == 404:
-        return error_response(errors.NotFound(f"no route for {request.url.path}"))
-    if exc.status_code == 405:
-        error = errors.InvalidRequest(f"{request.method} is not allowed on {request.url.path}")
-        response = JSONResponse(error.to_payload(), status_code=405)
-        response.headers.update(exc.headers or {})
-        return response
-    return JSONResponse(
-        {"error": {"message": exc.detail, "type": "invalid_request_error", "code": None}},
-        status_code=exc.status_code,
-    )
+        error = errors.NotFound(f"no route for {path}")
+    elif exc.status_code == 405:
+        error = errors.InvalidRequest(f"{request.method} is not allowed on {path}")
+    else:
+        error = errors.InvalidRequest(str(exc.detail))
+    response = error_response(error, errors.dialect_of(path), status=exc.status_code)
+    response.headers.update(exc.headers or {})
+    return response
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:

@@ -23,16 +23,28 @@
     ├── Cancelled                         cancelled               499   api_error
     └── ServerShutdown                    server_shutdown         503   api_error
 
-Each wire turns an error into its own dialect through :func:`to_payload` (or
-:func:`to_anthropic_payload`), :attr:`status` and :attr:`ws_close_code`; nothing else decides
-how an error looks.
+Each wire turns an error into its own dialect through :func:`body` (the OpenAI shape or
+Anthropic's, as :func:`dialect_of` reads it from the path), :func:`header_pairs`,
+:attr:`status` and :attr:`ws_close_code`; nothing else decides how an error looks.
+:mod:`tokenrelay.http.errors` wraps these as Starlette responses, the auth middleware sends
+them as raw ASGI messages, and the stream encoders put :meth:`TokenRelayError.to_payload` /
+:meth:`TokenRelayError.to_anthropic_payload` in their error events.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
+import orjson
 from pydantic import ValidationError
+
+Dialect = Literal["openai", "anthropic"]
+# The Anthropic Messages API's routes answer errors in Anthropic's shape, every other in OpenAI's.
+ANTHROPIC_PATHS = "/v1/messages"
+# A bug's answer: a 500 that says nothing of it (the log has the traceback).
+INTERNAL_ERROR = {
+    "error": {"message": "internal error", "type": "api_error", "code": "internal_error"}
+}
 
 
 class TokenRelayError(Exception):
@@ -186,6 +198,26 @@ class ServerShutdown(TokenRelayError):
     code = "server_shutdown"
     status = 503
     ws_close_code = 1001
+
+
+def dialect_of(path: str) -> Dialect:
+    return "anthropic" if path.startswith(ANTHROPIC_PATHS) else "openai"
+
+
+def body(exc: TokenRelayError, dialect: Dialect = "openai") -> bytes:
+    """The JSON body of an error response in ``dialect``."""
+    if dialect == "anthropic":
+        return orjson.dumps(exc.to_anthropic_payload())
+    return orjson.dumps(exc.to_payload())
+
+
+def header_pairs(exc: TokenRelayError) -> list[tuple[str, str]]:
+    """The headers an error response carries beside its body (``Retry-After``, …)."""
+    pairs = list(exc.headers().items())
+    if isinstance(exc, Unauthorized):
+        # RFC 6750 §3: say which scheme, and nothing about what was wrong.
+        pairs.append(("WWW-Authenticate", 'Bearer realm="tokenrelay"'))
+    return pairs
 
 
 def _all_subclasses(cls: type[TokenRelayError]) -> list[type[TokenRelayError]]:

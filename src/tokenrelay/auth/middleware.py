@@ -31,7 +31,6 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/"})
 OPEN_PREFIXES = ("/static/",)
 ADMIN_PATHS = frozenset({"/metrics", "/v1/admin"})
 ADMIN_PREFIXES = ("/v1/admin/",)
-ANTHROPIC_PREFIX = "/v1/messages"
 MAX_AUTH_MESSAGE = 16_384
 
 
@@ -56,7 +55,7 @@ def credential(scope: Scope) -> str | None:
     if authorization is not None:
         scheme, _, token = authorization.strip().partition(" ")
         return token.strip() if scheme.lower() == "bearer" else None
-    if scope["type"] == "http" and scope["path"].startswith(ANTHROPIC_PREFIX):
+    if scope["type"] == "http" and errors.dialect_of(scope["path"]) == "anthropic":
         return _header(scope, b"x-api-key")
     return None
 
@@ -186,18 +185,13 @@ def _auth_token(message: Message) -> str | None:
 
 
 def _error_body(scope: Scope, exc: errors.TokenRelayError) -> bytes:
-    if scope["path"].startswith(ANTHROPIC_PREFIX):
-        return orjson.dumps(exc.to_anthropic_payload())
-    return orjson.dumps(exc.to_payload())
+    return errors.body(exc, errors.dialect_of(scope["path"]))
 
 
 def _error_headers(exc: errors.TokenRelayError, body: bytes) -> Iterable[tuple[bytes, bytes]]:
     yield b"content-type", b"application/json"
     yield b"content-length", str(len(body)).encode()
-    if isinstance(exc, errors.Unauthorized):
-        # RFC 6750 §3: say which scheme, and nothing about what was wrong.
-        yield b"www-authenticate", b'Bearer realm="tokenrelay"'
-    for name, value in exc.headers().items():
+    for name, value in errors.header_pairs(exc):
         yield name.lower().encode(), value.encode()
 
 

@@ -1,7 +1,4 @@
-"""Request bodies in, errors out: the HTTP edges every wire shares.
-
-Errors become responses here and only here, and only before a response has started.
-"""
+"""Request bodies in, JSON out: the HTTP edges every wire shares (errors: :mod:`.errors`)."""
 
 from __future__ import annotations
 
@@ -22,16 +19,6 @@ class JSONResponse(Response):
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
-
-
-def error_response(exc: errors.TokenRelayError) -> Response:
-    return JSONResponse(exc.to_payload(), status_code=exc.status, headers=exc.headers())
-
-
-def internal_error_response() -> Response:
-    """A bug's answer: a 500 that says nothing of it (the log has the traceback)."""
-    body = {"error": {"message": "internal error", "type": "api_error", "code": "internal_error"}}
-    return JSONResponse(body, status_code=500)
 
 
 async def read_json(request: Request, max_bytes: int) -> Any:

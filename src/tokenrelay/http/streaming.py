@@ -20,7 +20,7 @@ from starlette.types import Message, Receive, Scope, Send
 from tokenrelay import errors
 from tokenrelay.config import StreamSettings
 from tokenrelay.events import Event, Failed
-from tokenrelay.http.responses import error_response
+from tokenrelay.http.errors import error_response
 from tokenrelay.limits import headers as rate_limit
 from tokenrelay.relay.deadline import Deadline
 from tokenrelay.relay.stream import Stream

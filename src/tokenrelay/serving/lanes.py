@@ -20,7 +20,7 @@ from tokenrelay import errors
 from tokenrelay.auth.identity import current
 from tokenrelay.auth.middleware import check, credential, enter, refuse_http
 from tokenrelay.config import AuthSettings
-from tokenrelay.http.responses import error_response, internal_error_response
+from tokenrelay.http.errors import error_response, internal_error_response
 from tokenrelay.http.streaming import CollectedResponse, EventStreamResponse
 from tokenrelay.limits import headers as rate_limit
 
@@ -69,7 +69,7 @@ async def _respond(handler: Handler, scope: Scope, receive: Receive) -> ASGIApp:
     try:
         return await handler(Request(scope, receive))
     except errors.TokenRelayError as exc:
-        return error_response(exc)
+        return error_response(exc, errors.dialect_of(scope["path"]))
     except Exception:
         # As the application's outermost handler does for every other route.
         logger.exception("unexpected error on %s %s", scope["method"], scope["path"])

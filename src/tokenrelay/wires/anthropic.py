@@ -23,7 +23,8 @@ from starlette.responses import Response
 from tokenrelay import errors
 from tokenrelay.chat import ChatRequest, Message
 from tokenrelay.events import Event, Failed, Finish, Opened, TextDelta, Usage
-from tokenrelay.http.responses import JSONResponse, read_json, validate
+from tokenrelay.http.errors import anthropic_error_response
+from tokenrelay.http.responses import read_json, validate
 from tokenrelay.http.streaming import CollectedResponse, EventStreamResponse
 from tokenrelay.limits.bounds import check_max_tokens, check_messages
 from tokenrelay.relay import Relay
@@ -112,10 +113,6 @@ class MessagesBody(BaseModel):
             stop=self.stop_sequences or None,
             script=self.script,
         )
-
-
-def error_response(exc: errors.TokenRelayError) -> Response:
-    return JSONResponse(exc.to_anthropic_payload(), status_code=exc.status, headers=exc.headers())
 
 
 def _event(name: bytes, data: bytes) -> bytes:
@@ -233,7 +230,7 @@ async def create_message(request: Request) -> Response | EventStreamResponse | C
     try:
         return await _create(request)
     except errors.TokenRelayError as exc:
-        return error_response(exc)
+        return anthropic_error_response(exc)
 
 
 async def _create(request: Request) -> EventStreamResponse | CollectedResponse:
@@ -245,10 +242,10 @@ async def _create(request: Request) -> EventStreamResponse | CollectedResponse:
     check_max_tokens(chat.max_tokens, limits)
     stream = await relay.open(chat, owner=request.scope.get("user"), linger=0)
     if not body.stream:
-        return CollectedResponse(stream, render_message, error_response)
+        return CollectedResponse(stream, render_message, anthropic_error_response)
     return EventStreamResponse(
         stream,
         MessageEncoder(message_id(stream)),
         relay.settings.streams,
-        render_error=error_response,
+        render_error=anthropic_error_response,
     )
