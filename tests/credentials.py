@@ -28,7 +28,7 @@ def with_jwt(**auth: Any) -> dict[str, Any]:
 async def key_for(
     gateway: Gateway, owner: str, scopes: tuple[str, ...] = ("chat",), **options: Any
 ) -> str:
-    accounts: Accounts = gateway.app.state.accounts
+    accounts: Accounts = gateway.services.accounts
     _, secret = await issue_key(accounts, owner, scopes, **options)
     return secret
 

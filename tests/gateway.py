@@ -22,6 +22,7 @@ from starlette.applications import Starlette
 from tokenrelay.app import create_app
 from tokenrelay.config import Quota, Settings, load_settings
 from tokenrelay.relay import Relay
+from tokenrelay.services import Services, services_of
 from tokenrelay.serving.server import GatewayServer, uvicorn_config
 
 
@@ -39,9 +40,12 @@ class Gateway:
     server: uvicorn.Server
 
     @property
+    def services(self) -> Services:
+        return services_of(self)
+
+    @property
     def relay(self) -> Relay:
-        relay: Relay = self.app.state.relay
-        return relay
+        return self.services.relay
 
     @property
     def ws_url(self) -> str:

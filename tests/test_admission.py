@@ -66,7 +66,7 @@ async def client() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 def gate(gateway: Gateway) -> Gate:
-    found: Gate = gateway.app.state.gate
+    found: Gate = gateway.services.gate
     return found
 
 
@@ -285,7 +285,7 @@ async def _request(gateway: Gateway, http: aiohttp.ClientSession, wire: str) -> 
         }
         return http.post(f"{url}/v1/messages", json=message)
     # Made in the store: POST /v1/conversations would take the minute's one request itself.
-    conversation = await gateway.app.state.store.create_conversation(None)
+    conversation = await gateway.services.store.create_conversation(None)
     return http.post(f"{url}/v1/conversations/{conversation.id}/messages", json={"content": "x"})
 
 

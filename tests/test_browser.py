@@ -323,7 +323,7 @@ async def test_a_key_in_the_address_is_kept_sent_as_bearer_and_removed(browser: 
     # Auth is on and the keys are real, so the gateway itself checks that the page sends them:
     # a request without the bearer is a 401, and the page would ask for a key instead.
     async with serve(**secured()) as gateway:
-        accounts = gateway.app.state.accounts
+        accounts = gateway.services.accounts
         first, first_key = await issue_key(accounts, "page-user", ("chat",))
         async with chat_page(browser, gateway, path=f"/?key={first_key}", bypass_csp=False) as page:
             console: list[str] = []
@@ -336,7 +336,7 @@ async def test_a_key_in_the_address_is_kept_sent_as_bearer_and_removed(browser: 
 
             # The key is revoked: the page asks for another and goes on with it.
             await accounts.revoke_key(first.id)
-            gateway.app.state.authenticator.forget_keys()  # as the admin route does
+            gateway.services.authenticator.forget_keys()  # as the admin route does
             await page.reload()
             await page.wait_for_selector("#key-dialog[open]", timeout=WAIT_MS)
             _, second_key = await issue_key(accounts, "page-user", ("chat",))

@@ -18,7 +18,7 @@ from tokenrelay.tokens import MESSAGE_OVERHEAD, estimate_tokens
 
 
 def store_of(gateway: Gateway) -> Store:
-    store: Store = gateway.app.state.store
+    store: Store = gateway.services.store
     return store
 
 
@@ -83,7 +83,7 @@ async def test_another_owners_conversation_is_404_like_a_missing_one(
         store = store_of(gateway)
         theirs = await store.create_conversation("alice", title="private", system="secret")
         # A reply streaming in it must not make it "busy" to others rather than missing.
-        conversations = gateway.app.state.conversations
+        conversations = gateway.services.conversations
         live = await conversations.take_turn(
             "alice", theirs.id, Turn("hi", script={"tokens": words(400), "delay": 0.02})
         )
@@ -444,14 +444,14 @@ async def test_readyz_pings_the_database(http: aiohttp.ClientSession, database_u
         async with http.get(f"{gateway.url}/readyz") as response:
             ready = response.status, await response.json()
         await store_of(gateway).engine.dispose()
-        gateway.app.state.store.engine = _broken_engine()
+        gateway.services.store.engine = _broken_engine()
         async with http.get(f"{gateway.url}/readyz") as response:
             unready = response.status, await response.json()
 
     assert ready[0] == 200 and ready[1]["database"] == "ok"
     # /readyz answers without credentials: how many models, never their names.
     assert ready[1]["models"] == 1
-    assert unready == (503, {"status": "unavailable", "database": "unreachable"})
+    assert unready == (503, {"status": "unavailable", "database": "unreachable", "limiter": "ok"})
 
 
 def _broken_engine() -> Any:

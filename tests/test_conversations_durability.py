@@ -93,7 +93,7 @@ async def test_a_finish_reason_longer_than_its_column_still_stores_the_whole_rep
         events = await post_turn(
             http, gateway, cid, turn("hi", text="all of it", finish_reason="x" * 100)
         )
-        await all_settled(gateway.app.state.store)
+        await all_settled(gateway.services.store)
         stored = await messages(http, gateway, cid)
 
     assert events[-1].json() == {"finish_reason": "x" * 60}
@@ -138,7 +138,7 @@ async def test_delete_of_the_stream_stores_the_reply_cancelled_with_its_partial_
             async with http.delete(f"{gateway.url}/v1/streams/{stream_id}") as deleted:
                 assert deleted.status == 200
             rest = [event async for event in frames]
-        reply = await settled(gateway.app.state.store, message_id)
+        reply = await settled(gateway.services.store, message_id)
         # Another turn may start once the cancelled one has ended.
         after = await post_turn(http, gateway, cid, turn("next", text="fine"))
 
@@ -200,13 +200,13 @@ async def test_the_reply_is_checkpointed_while_it_streams_at_a_bounded_rate(
         url = f"{gateway.url}/v1/conversations/{cid}/messages"
         async with http.post(url, json=turn(tokens=words(60), delay=0.025)) as response:
             message_id = response.headers["X-Message-Id"]
-            recorder = gateway.app.state.conversations.recorders[message_id]
+            recorder = gateway.services.conversations.recorders[message_id]
             frames = read_sse(response)
             seen = await _read_tokens_from(frames, 12)
             await asyncio.sleep(0.6)
-            midway = await stored_message(gateway.app.state.store, message_id)
+            midway = await stored_message(gateway.services.store, message_id)
             [event async for event in frames]
-        by_time = await settled(gateway.app.state.store, message_id)
+        by_time = await settled(gateway.services.store, message_id)
         timed_writes = recorder.checkpoints
 
     async with serve(
@@ -216,7 +216,7 @@ async def test_the_reply_is_checkpointed_while_it_streams_at_a_bounded_rate(
         cid = await create(http, gateway)
         url = f"{gateway.url}/v1/conversations/{cid}/messages"
         async with http.post(url, json=turn(tokens=words(60), delay=0.01)) as response:
-            recorder = gateway.app.state.conversations.recorders[response.headers["X-Message-Id"]]
+            recorder = gateway.services.conversations.recorders[response.headers["X-Message-Id"]]
             await response.read()
         counted_writes = recorder.checkpoints
 
@@ -292,7 +292,7 @@ async def test_a_second_instance_leaves_the_first_ones_live_reply_alone(
         reply = asyncio.create_task(
             post_turn(http, first, cid, turn(tokens=words(60), delay=LEASE * 4 / 60))
         )
-        store: Store = first.app.state.store
+        store: Store = first.app.state.services.store
         [_, live] = await until_stored(store, cid, 2)
         seen: set[str] = set()
         async with serve(database_url=database_url, conversations=leased):
@@ -322,7 +322,7 @@ async def test_fifty_concurrent_streams_into_one_database_all_persist(
                 for i, cid in enumerate(cids)
             )
         )
-        stored = await all_settled(gateway.app.state.store)
+        stored = await all_settled(gateway.services.store)
 
     assert all(events[-1].event == "done" for events in replies)
     expected = "".join(words(20))
@@ -424,7 +424,7 @@ async def _leave_after_three_tokens(
     message_id = response.headers["X-Message-Id"]
     seen = await _read_tokens(response, 3)
     response.close()
-    return seen, await settled(gateway.app.state.store, message_id)
+    return seen, await settled(gateway.services.store, message_id)
 
 
 async def _read_tokens(response: aiohttp.ClientResponse, count: int) -> str:

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -14,32 +13,23 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
 from tokenrelay import errors
-from tokenrelay.api import admin, conversations, openapi
-from tokenrelay.auth import Authenticator, AuthMiddleware
-from tokenrelay.client import Client
+from tokenrelay.api import admin, conversations, health, openapi
+from tokenrelay.auth import AuthMiddleware
 from tokenrelay.config import Settings, load_settings
-from tokenrelay.conversations.service import Conversations
 from tokenrelay.http.errors import error_response, internal_error_response
-from tokenrelay.http.responses import JSONResponse
-from tokenrelay.limits import Gate, RateLimitHeaders, build_limiter
-from tokenrelay.limits.ledger import Ledger
-from tokenrelay.metrics import render_metrics
-from tokenrelay.providers import ProviderContext, build_provider
-from tokenrelay.providers.base import WORKER_STATES
-from tokenrelay.relay import Relay
+from tokenrelay.limits import RateLimitHeaders
+from tokenrelay.services import running
 from tokenrelay.serving.lanes import Handler, Lanes
-from tokenrelay.store import Accounts, Store, open_store
 from tokenrelay.web import page
 from tokenrelay.wires import anthropic, native, openai, seed, websocket
 
 logger = logging.getLogger("tokenrelay")
 Call = TypeVar("Call", bound=Callable[..., Any])
-READY_DB_TIMEOUT = 2.0
 
 
 def _marked_coroutine_function(function: Call) -> Call:
@@ -76,41 +66,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        store = await open_store(settings)
-        http = Client(max_head=settings.limits.upstream_max_head_bytes)
-        try:
-            context = ProviderContext(settings=settings, http=http)
-            providers = {
-                name: build_provider(name, config, context)
-                for name, config in settings.models.items()
-            }
-            # Warm up in the background: a large model must not hold back /healthz.
-            preparing = [asyncio.create_task(p.prepare()) for p in providers.values()]
-            app.state.relay = Relay(settings, providers)
-            app.state.store = store
-            app.state.conversations = Conversations(store, app.state.relay, settings)
-            app.state.conversations.start()
-            app.state.accounts = accounts = Accounts(store)
-            app.state.authenticator = Authenticator(settings.auth, accounts)
-            app.state.gate = gate = Gate(
-                settings.rate_limits, build_limiter(settings), Ledger(accounts)
-            )
-            app.state.relay.admission = gate
-            app.state.relay.finish_hooks.append(gate.finished)
-            gate.start()
-            try:
-                yield
-            finally:
-                for task in preparing:
-                    task.cancel()
-                await app.state.relay.shutdown()
-                await app.state.conversations.aclose()
-                await gate.aclose()
-                for provider in providers.values():
-                    await provider.aclose()
-        finally:
-            await http.aclose()
-            await store.close()
+        async with running(settings) as services:
+            app.state.services = services
+            yield
 
     # The POST routes that start streams: answered by Lanes, on a shorter path. The router
     # keeps them too, for its 405 to other methods on the same paths.
@@ -157,9 +115,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/v1/admin/keys/{key_id}", admin.revoke_key, methods=["DELETE"]),
         Route("/v1/admin/usage", admin.usage, methods=["GET"]),
         Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
+        Route("/healthz", health.healthz, methods=["GET"]),
+        Route("/readyz", health.readyz, methods=["GET"]),
+        Route("/metrics", health.metrics, methods=["GET"]),
         Route("/", page.index, methods=["GET"]),
         Route("/static/{name}", page.static, methods=["GET"]),
     ]
@@ -203,39 +161,3 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     logger.exception("unexpected error on %s %s", request.method, request.url.path)
     return internal_error_response()
-
-
-async def healthz(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
-
-
-async def readyz(request: Request) -> Response:
-    relay: Relay = request.app.state.relay
-    store: Store = request.app.state.store
-    try:
-        async with asyncio.timeout(READY_DB_TIMEOUT):
-            await store.ping()
-    except Exception:
-        logger.warning("readiness: the database did not answer", exc_info=True)
-        return JSONResponse({"status": "unavailable", "database": "unreachable"}, status_code=503)
-    # A local model's worker that is down is shown, not a reason to take the instance out
-    # of rotation: every other model still answers, and the supervisor brings it back.
-    workers = Counter(
-        health.state
-        for provider in relay.providers.values()
-        if (health := provider.worker_health()) is not None
-    )
-    return JSONResponse(
-        {
-            "status": "ready",
-            # How many models, never their names: /readyz answers without credentials.
-            "models": len(relay.providers),
-            "database": "ok",
-            "workers": {state: workers[state] for state in WORKER_STATES},
-        }
-    )
-
-
-async def metrics(request: Request) -> Response:
-    relay: Relay = request.app.state.relay
-    return PlainTextResponse(render_metrics(relay), media_type="text/plain; version=0.0.4")

@@ -18,12 +18,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tokenrelay import errors
-from tokenrelay.auth import Authenticator
 from tokenrelay.auth.authenticator import valid_user_name
 from tokenrelay.auth.keys import issue_key
 from tokenrelay.config import Quota
 from tokenrelay.http.responses import JSONResponse, read_json, validate
-from tokenrelay.limits import Gate
+from tokenrelay.services import services_of
 from tokenrelay.store.accounts import Accounts, KeyRecord
 
 
@@ -57,7 +56,7 @@ def key_json(record: KeyRecord) -> dict[str, Any]:
 
 
 def _accounts(request: Request) -> Accounts:
-    accounts: Accounts = request.app.state.accounts
+    accounts = services_of(request).accounts
     return accounts
 
 
@@ -94,7 +93,7 @@ async def revoke_key(request: Request) -> Response:
     record = await _accounts(request).revoke_key(key_id)
     if record is None:
         raise errors.NotFound(f"key {key_id!r} does not exist")
-    authenticator: Authenticator = request.app.state.authenticator
+    authenticator = services_of(request).authenticator
     authenticator.forget_keys()
     return JSONResponse(key_json(record) | {"revoked": True})
 
@@ -112,7 +111,7 @@ def _when(request: Request, name: str) -> datetime | None:
 
 async def usage(request: Request) -> Response:
     since, until = _when(request, "since"), _when(request, "until")
-    gate: Gate = request.app.state.gate
+    gate = services_of(request).gate
     if gate.ledger is not None:
         # Streams that just ended are in the ledger's next batch: write it first.
         await gate.ledger.flush()

@@ -20,12 +20,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tokenrelay import errors
-from tokenrelay.conversations.service import Conversations, Turn
+from tokenrelay.conversations.service import Turn
 from tokenrelay.http.bodies import GenerationOptions
 from tokenrelay.http.responses import JSONResponse, read_json, validate
 from tokenrelay.http.streaming import EventStreamResponse
-from tokenrelay.limits import Gate
-from tokenrelay.relay import Relay
+from tokenrelay.services import services_of
 from tokenrelay.store.repository import ConversationRecord, MessageRecord, Page, Store
 from tokenrelay.wires.native import NativeEncoder
 
@@ -120,7 +119,7 @@ def _limit(request: Request, default: int) -> int:
 
 
 def _store(request: Request) -> Store:
-    store: Store = request.app.state.store
+    store = services_of(request).store
     return store
 
 
@@ -131,7 +130,7 @@ def _owner(request: Request) -> str | None:
 
 async def create_conversation(request: Request) -> Response:
     body = validate(NewConversation, await _body(request, empty_ok=True))
-    relay: Relay = request.app.state.relay
+    relay = services_of(request).relay
     if body.model is not None:
         relay.provider_for(body.model)
     limits = relay.settings.limits
@@ -140,7 +139,7 @@ async def create_conversation(request: Request) -> Response:
             f"system is {len(body.system)} characters (the limit is {limits.max_system_chars})"
         )
     # Stored data is spent too: a new conversation counts against the user's request rate.
-    gate: Gate = request.app.state.gate
+    gate = services_of(request).gate
     await gate.count_request(_owner(request))
     record = await _store(request).create_conversation(
         _owner(request),
@@ -169,7 +168,7 @@ async def update_conversation(request: Request) -> Response:
     data = await _body(request)
     body = validate(ConversationChanges, data)
     if body.model is not None:
-        relay: Relay = request.app.state.relay
+        relay = services_of(request).relay
         relay.provider_for(body.model)
     # Only the fields the client sent change; ``null`` clears one.
     changes = {name: getattr(body, name) for name in body.model_fields_set}
@@ -182,7 +181,7 @@ async def update_conversation(request: Request) -> Response:
 async def delete_conversation(request: Request) -> Response:
     conversation_id = request.path_params["conversation_id"]
     await _store(request).delete_conversation(_owner(request), conversation_id)
-    conversations: Conversations = request.app.state.conversations
+    conversations = services_of(request).conversations
     conversations.cancel(conversation_id, errors.Cancelled("the conversation was deleted"))
     return JSONResponse({"id": conversation_id, "object": "conversation.deleted", "deleted": True})
 
@@ -202,7 +201,7 @@ async def list_messages(request: Request) -> Response:
 
 
 async def post_message(request: Request) -> EventStreamResponse:
-    conversations: Conversations = request.app.state.conversations
+    conversations = services_of(request).conversations
     body = validate(NewMessage, await _body(request))
     started = await conversations.take_turn(
         _owner(request), request.path_params["conversation_id"], body.to_turn()
@@ -223,5 +222,5 @@ async def _body(request: Request, *, empty_ok: bool = False) -> Any:
     no_body = request.headers.get("content-length", "0") == "0"
     if empty_ok and no_body and "transfer-encoding" not in request.headers:
         return {}
-    relay: Relay = request.app.state.relay
+    relay = services_of(request).relay
     return await read_json(request, relay.settings.limits.max_body_bytes)

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 from collections.abc import Iterable
 from contextvars import Token
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import orjson
@@ -151,9 +152,16 @@ class AuthMiddleware:
         return parts.scheme in ("http", "https") and bool(host) and parts.netloc == host
 
 
+class HasAuthenticator(Protocol):
+    """What this layer needs of the app's services (``tokenrelay.services`` sits above it)."""
+
+    authenticator: Authenticator
+
+
 async def check(scope: Scope, token: str | None) -> Principal:
     """Who ``token`` stands for, if they may use this path; raises the refusal if not."""
-    authenticator: Authenticator = scope["app"].state.authenticator
+    services: HasAuthenticator = scope["app"].state.services
+    authenticator = services.authenticator
     principal = await authenticator.authenticate(token)
     scope_needed = needs_scope(scope["path"]) or "chat"
     if not principal.allows(scope_needed):

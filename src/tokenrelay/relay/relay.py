@@ -45,12 +45,19 @@ def new_stream_id() -> str:
 
 
 class Relay:
-    def __init__(self, settings: Settings, providers: dict[str, Provider]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        providers: dict[str, Provider],
+        *,
+        admission: Admission | None = None,
+        finish_hooks: list[FinishHook] | None = None,
+    ) -> None:
         self.settings = settings
         self.providers = providers
         self.streams: dict[str, Stream] = {}
-        self.finish_hooks: list[FinishHook] = []
-        self.admission: Admission | None = None
+        self.finish_hooks: list[FinishHook] = finish_hooks or []
+        self.admission = admission
         self.started_total = 0
         # Open WebSockets per user on this instance (the WebSocket wire keeps the count).
         self.sockets: Counter[str | None] = Counter()

@@ -27,9 +27,9 @@ from tokenrelay.http.errors import anthropic_error_response
 from tokenrelay.http.responses import read_json, validate
 from tokenrelay.http.streaming import CollectedResponse, EventStreamResponse
 from tokenrelay.limits.bounds import check_max_tokens, check_messages
-from tokenrelay.relay import Relay
 from tokenrelay.relay.log import coalesce
 from tokenrelay.relay.stream import Stream
+from tokenrelay.services import services_of
 
 # Finish reasons in Anthropic's words; others (``refusal``, ``pause_turn``…) pass unchanged.
 STOP_REASON_OF_FINISH = {
@@ -234,7 +234,7 @@ async def create_message(request: Request) -> Response | EventStreamResponse | C
 
 
 async def _create(request: Request) -> EventStreamResponse | CollectedResponse:
-    relay: Relay = request.app.state.relay
+    relay = services_of(request).relay
     limits = relay.settings.limits
     body = validate(MessagesBody, await read_json(request, limits.max_body_bytes))
     chat = body.to_request()

@@ -19,8 +19,8 @@ from tokenrelay.events import Event, Failed, Finish, Opened, Queued, TextDelta, 
 from tokenrelay.http.bodies import ChatFields
 from tokenrelay.http.responses import JSONResponse, read_json, validate
 from tokenrelay.http.streaming import EventStreamResponse
-from tokenrelay.relay import Relay
 from tokenrelay.relay.log import coalesce
+from tokenrelay.services import services_of
 
 
 def _frame(event_id: int, name: bytes, data: object) -> bytes:
@@ -59,7 +59,7 @@ def last_event_id(request: Request) -> int:
 
 
 async def start_stream(request: Request) -> EventStreamResponse:
-    relay: Relay = request.app.state.relay
+    relay = services_of(request).relay
     settings = relay.settings
     body = validate(ChatFields, await read_json(request, settings.limits.max_body_bytes))
     chat = body.to_request(settings.limits)
@@ -70,7 +70,7 @@ async def start_stream(request: Request) -> EventStreamResponse:
 
 
 async def attach_stream(request: Request) -> EventStreamResponse:
-    relay: Relay = request.app.state.relay
+    relay = services_of(request).relay
     stream = relay.get(request.path_params["stream_id"], request.scope.get("user"))
     offset = last_event_id(request)
     if offset > len(stream.log.events) and stream.log.closed:
@@ -86,7 +86,7 @@ async def attach_stream(request: Request) -> EventStreamResponse:
 
 
 async def cancel_stream(request: Request) -> Response:
-    relay: Relay = request.app.state.relay
+    relay = services_of(request).relay
     stream = relay.get(request.path_params["stream_id"], request.scope.get("user"))
     cancelled = stream.cancel(errors.Cancelled("the stream was cancelled by a client"))
     if stream.task is not None:

@@ -19,9 +19,9 @@ from tokenrelay.events import Event, Failed, Finish, TextDelta, Usage
 from tokenrelay.http.bodies import ChatFields
 from tokenrelay.http.responses import JSONResponse, read_json, validate
 from tokenrelay.http.streaming import CollectedResponse, EventStreamResponse
-from tokenrelay.relay import Relay
 from tokenrelay.relay.log import coalesce
 from tokenrelay.relay.stream import Stream
+from tokenrelay.services import services_of
 
 
 class StreamOptions(BaseModel):
@@ -128,7 +128,7 @@ async def render_completion(stream: Stream) -> tuple[int, bytes]:
 
 
 async def chat_completions(request: Request) -> Response | EventStreamResponse | CollectedResponse:
-    relay: Relay = request.app.state.relay
+    relay = services_of(request).relay
     settings = relay.settings
     body = validate(CompletionBody, await read_json(request, settings.limits.max_body_bytes))
     chat = body.to_request(
@@ -143,7 +143,7 @@ async def chat_completions(request: Request) -> Response | EventStreamResponse |
 
 
 async def list_models(request: Request) -> Response:
-    relay: Relay = request.app.state.relay
+    relay = services_of(request).relay
     data = [
         {"id": name, "object": "model", "created": 0, "owned_by": provider.config.provider}
         for name, provider in relay.providers.items()

@@ -14,8 +14,8 @@ from tokenrelay.events import Event, Failed, Finish, TextDelta
 from tokenrelay.http.bodies import ChatFields
 from tokenrelay.http.responses import read_json, validate
 from tokenrelay.http.streaming import EventStreamResponse
-from tokenrelay.relay import Relay
 from tokenrelay.relay.log import coalesce
+from tokenrelay.services import services_of
 
 
 class SeedEncoder:
@@ -34,7 +34,7 @@ class SeedEncoder:
 
 
 async def chat_stream(request: Request) -> EventStreamResponse:
-    relay: Relay = request.app.state.relay
+    relay = services_of(request).relay
     settings = relay.settings
     body = validate(ChatFields, await read_json(request, settings.limits.max_body_bytes))
     stream = await relay.open(body.to_request(settings.limits), owner=request.scope.get("user"))

@@ -31,13 +31,14 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from tokenrelay import errors
 from tokenrelay.chat import ChatRequest, Message
-from tokenrelay.conversations.service import Conversations, Turn
+from tokenrelay.conversations.service import Turn
 from tokenrelay.events import Event, Failed, Finish, Opened, Queued, TextDelta, Usage
 from tokenrelay.http.responses import parse_json, validate
 from tokenrelay.http.streaming import MAX_WRITE_CHARS
 from tokenrelay.limits.bounds import check_max_tokens, check_messages
 from tokenrelay.relay import Relay, Stream
 from tokenrelay.relay.log import coalesce
+from tokenrelay.services import services_of
 
 
 class ChatFrame(BaseModel):
@@ -148,7 +149,7 @@ class ChatSocket:
         self._check_idle()
         conversation_id = turn.conversation_id or self.conversation_id
         if conversation_id is not None:
-            conversations: Conversations = self.websocket.app.state.conversations
+            conversations = services_of(self.websocket).conversations
             stored = Turn(
                 turn.content, turn.model, turn.max_tokens, turn.temperature, script=turn.script
             )
@@ -213,7 +214,7 @@ class ChatSocket:
 
 
 async def chat_socket(websocket: WebSocket) -> None:
-    relay: Relay = websocket.app.state.relay
+    relay = services_of(websocket).relay
     owner: str | None = websocket.scope.get("user")
     # Per instance: each socket holds a connection and a task for as long as it stays open.
     open_sockets: Counter[str | None] = relay.sockets
