@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from tokenrelay.config import ConfigError, Settings, load_settings
+from tokenrelay.providers.base import check_models
 
 QUOTA_OPTIONS = ("requests_per_minute", "concurrent_streams", "tokens_per_minute", "tokens_per_day")
 
@@ -46,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v}
             settings = load_settings(args.config, **overrides)
+            check_models(settings.models)
             problem = asyncio.run(_database_problem(settings))
             if problem is not None:
                 print(f"tokenrelay: {problem}", file=sys.stderr)
@@ -66,7 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(asyncio.run(_upgrade_database(load_settings(args.config))))
             return 0
         settings = load_settings(args.file)
-    except ConfigError as exc:
+        check_models(settings.models)
+    except (ConfigError, ValueError) as exc:
         print(f"tokenrelay: {exc}", file=sys.stderr)
         return 2
     print(f"{args.file}: ok ({len(settings.models)} models: {', '.join(settings.models)})")

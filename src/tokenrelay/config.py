@@ -38,15 +38,15 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-ProviderName = Literal["openai", "anthropic", "local", "scripted"]
-
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
 class ModelConfig(_Strict):
-    provider: ProviderName
+    # A provider's entry-point name (tokenrelay.providers): the built-ins openai, anthropic,
+    # local and scripted, or a plugin's. Checked against what is installed at start-up.
+    provider: str
     base_url: str | None = None
     api_key_env: str | None = None
     upstream_model: str | None = None

@@ -1,6 +1,8 @@
 """Providers turn a :class:`~tokenrelay.chat.ChatRequest` into typed events.
 
-Built-ins register through the same table a plugin would use (:data:`PROVIDERS`).
+Providers are found through the ``tokenrelay.providers`` entry-point group, where the
+built-ins register exactly as a plugin's package would (``pyproject.toml``); code may also
+:func:`register` one at run time.
 """
 
 from __future__ import annotations

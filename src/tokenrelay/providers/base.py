@@ -23,7 +23,10 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from importlib.metadata import entry_points
+from typing import Any, ClassVar, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tokenrelay.chat import ChatRequest
 from tokenrelay.client import Client
@@ -51,13 +54,27 @@ class ProviderContext:
     http: Client
 
 
+class NoOptions(BaseModel):
+    """A provider with no options of its own: any key is a typo."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+Options = TypeVar("Options", bound=BaseModel)
+
+
 class Provider(abc.ABC):
+    """One configured model. ``Options`` is the pydantic model of its ``options`` table
+    (``extra="forbid"``, so a misspelt key is named at start-up)."""
+
     name: ClassVar[str]
+    Options: ClassVar[type[BaseModel]] = NoOptions
 
     def __init__(self, model_name: str, config: ModelConfig, context: ProviderContext) -> None:
         self.model_name = model_name
         self.config = config
         self.context = context
+        self.options: BaseModel = parse_options(self.Options, model_name, config.options)
 
     @property
     def upstream_model(self) -> str:
@@ -88,6 +105,8 @@ class Provider(abc.ABC):
 
 
 ProviderFactory = Callable[[str, ModelConfig, ProviderContext], Provider]
+ENTRY_POINTS = "tokenrelay.providers"
+# Providers registered by code at run time; they win over an entry point of the same name.
 PROVIDERS: dict[str, ProviderFactory] = {}
 
 
@@ -95,37 +114,49 @@ def register(name: str, factory: ProviderFactory) -> None:
     PROVIDERS[name] = factory
 
 
-def build_provider(name: str, config: ModelConfig, context: ProviderContext) -> Provider:
-    _register_builtins()
+def provider_names() -> list[str]:
+    """Every provider a config may name: the entry points (built-ins too) and registered ones."""
+    return sorted({*PROVIDERS, *(ep.name for ep in entry_points(group=ENTRY_POINTS))})
+
+
+def find_factory(provider: str) -> ProviderFactory:
+    """The factory for ``provider``, its module imported only now (``local`` needs an extra)."""
+    if provider in PROVIDERS:
+        return PROVIDERS[provider]
+    for entry_point in entry_points(group=ENTRY_POINTS, name=provider):
+        factory: ProviderFactory = entry_point.load()
+        return factory
+    raise KeyError(provider)
+
+
+def check_models(models: dict[str, ModelConfig]) -> None:
+    """Raise ValueError naming the first model whose provider is not installed, or whose
+    ``options`` its provider does not take, before anything starts."""
+    for name, config in models.items():
+        factory = _factory_for(name, config)
+        if isinstance(factory, type) and issubclass(factory, Provider):
+            parse_options(factory.Options, name, config.options)
+
+
+def _factory_for(name: str, config: ModelConfig) -> ProviderFactory:
     try:
-        factory = PROVIDERS[config.provider]
+        return find_factory(config.provider)
     except KeyError:
-        raise ValueError(f"models.{name}: unknown provider {config.provider!r}") from None
-    return factory(name, config, context)
+        raise ValueError(
+            f"models.{name}.provider: unknown provider {config.provider!r}"
+            f" (installed: {', '.join(provider_names())})"
+        ) from None
 
 
-def _register_builtins() -> None:
-    if PROVIDERS:
-        return
-    from tokenrelay.providers import scripted
-
-    register("scripted", scripted.ScriptedProvider)
-    for module_name, class_name in (
-        ("openai", "OpenAIProvider"),
-        ("anthropic", "AnthropicProvider"),
-        ("local", "LocalProvider"),
-    ):
-        _register_lazy(module_name, class_name)
+def build_provider(name: str, config: ModelConfig, context: ProviderContext) -> Provider:
+    return _factory_for(name, config)(name, config, context)
 
 
-def _register_lazy(module_name: str, class_name: str) -> None:
-    """Import a provider module only when a model uses it (``local`` needs an extra)."""
-
-    def factory(name: str, config: ModelConfig, context: ProviderContext) -> Provider:
-        import importlib
-
-        module = importlib.import_module(f"tokenrelay.providers.{module_name}")
-        cls: ProviderFactory = getattr(module, class_name)
-        return cls(name, config, context)
-
-    register(module_name, factory)
+def parse_options(options: type[Options], model_name: str, raw: dict[str, Any]) -> Options:
+    """A provider's ``options`` table, a typo named by its key (``models.NAME.options.KEY``)."""
+    try:
+        return options.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(part) for part in first["loc"])
+        raise ValueError(f"models.{model_name}.options.{key}: {first['msg']}") from None

@@ -20,7 +20,7 @@ import asyncio
 import codecs
 import re
 from collections.abc import AsyncIterator, Iterable, Iterator
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -109,11 +109,20 @@ def _check_size(script: Script, limit: int) -> None:
         )
 
 
+class ScriptedOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # The model's default script; a request's own ``script`` is laid over it.
+    script: dict[str, Any] | None = None
+
+
 class ScriptedProvider(Provider):
     name = "scripted"
+    Options = ScriptedOptions
+    options: ScriptedOptions
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ProviderEvent]:
-        script = parse_script(self.config.options.get("script"), request.script)
+        script = parse_script(self.options.script, request.script)
         limits = self.context.settings.limits
         if request.script is not None:
             _check_size(script, limits.max_script_chars)

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from tokenrelay import errors
 from tokenrelay.chat import ChatRequest
@@ -72,15 +72,11 @@ def default_threads() -> int:
 
 class LocalProvider(Provider):
     name = "local"
+    Options = LocalOptions
+    options: LocalOptions
 
     def __init__(self, model_name: str, config: ModelConfig, context: ProviderContext) -> None:
         super().__init__(model_name, config, context)
-        try:
-            self.options = LocalOptions.model_validate(config.options)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            key = ".".join(str(part) for part in first["loc"])
-            raise ValueError(f"models.{model_name}.options.{key}: {first['msg']}") from None
         self.path = (
             Path(self.options.model_path) if self.options.model_path else bundled_model_path()
         )
