@@ -24,7 +24,7 @@ LLAMA_WHEELS := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tokenrelay/wheels/llama-c
 LLAMA_WHEEL_STAMP := $(LLAMA_WHEELS)/.built
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)-$(LLAMA_KEY)
 
-.PHONY: run test lint bench setup services clean lock
+.PHONY: run test unit lint bench setup services clean lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,10 @@ run: setup
 test: setup services
 	$(BIN)/tokenrelay check-local
 	$(BIN)/pytest -q
+
+# Encoders, decoders, the relay and the layout on their own: seconds, no database or browser.
+unit: setup
+	$(BIN)/pytest -q tests/unit
 
 lint: setup
 	$(BIN)/ruff check src tests bench

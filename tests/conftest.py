@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import asyncpg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -51,6 +50,8 @@ async def default_database(tmp_path_factory: pytest.TempPathFactory) -> AsyncIte
 @pytest.fixture(scope="session")
 async def postgres_database() -> AsyncIterator[str]:
     """A database of its own on the PostgreSQL server, so concurrent runs never collide."""
+    import asyncpg  # only where PostgreSQL is used: tests/unit runs without it
+
     name = f"tokenrelay_test_{secrets.token_hex(6)}"
     admin = await asyncpg.connect(POSTGRES_ADMIN)
     try:

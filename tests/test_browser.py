@@ -9,10 +9,9 @@ inert; one test runs under the policy to show the page works with it.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import pytest
 from tests.credentials import secured
 from tests.gateway import Gateway, serve
 from tests.processes import upgraded
+from tests.waiting import until
 from tokenrelay.auth.keys import issue_key
 from tokenrelay.events import Failed, TextDelta
 
@@ -127,13 +127,6 @@ async def wait_until_done(page: Any) -> None:
     await page.wait_for_selector(
         ".message.assistant:last-of-type[data-status=complete]", timeout=WAIT_MS
     )
-
-
-async def until(check: Callable[[], bool], within: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def fresh_database(tmp_path: Path) -> str:

@@ -31,6 +31,7 @@ from tests.stored import (
     turn,
     words,
 )
+from tests.waiting import until_value
 from tokenrelay import cli
 from tokenrelay.app import create_app
 from tokenrelay.store import MessageRecord, SchemaOutdated, Store
@@ -57,12 +58,11 @@ async def status_becomes(
 
 async def until_stored(store: Store, cid: str, count: int) -> list[MessageRecord]:
     """The conversation's messages, once there are ``count`` of them."""
-    async with asyncio.timeout(10):
-        while True:
-            page = await store.list_messages(None, cid, limit=100)
-            if len(page.items) >= count:
-                return page.items
-            await asyncio.sleep(0.02)
+
+    async def listed() -> list[MessageRecord]:
+        return (await store.list_messages(None, cid, limit=100)).items
+
+    return await until_value(listed, lambda items: len(items) >= count)
 
 
 async def test_history_survives_a_restart_and_is_the_next_replys_context(

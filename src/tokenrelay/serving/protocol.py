@@ -21,7 +21,9 @@ Each is a ``collections.deque``, which holds a 64-slot block from the start: abo
 empty, against 56 for an empty list. The operations they see (``appendleft``/``pop`` on the
 pipeline; ``append``/``remove``/iteration on the waiters) are the same on a list, so they are
 swapped for lists once uvicorn has made them; where a uvicorn version names them differently,
-nothing is swapped and it runs as it ships.
+nothing is swapped and it runs as it ships. Measured with ``python -m bench --quick --only slow``
+(500 open streams): 18.9 KB per stream with the swap, 20.6-21.3 KB without. uvicorn's upper
+bound is pinned for it, and ``tests/unit/test_serving_internals.py`` fails when the names change.
 """
 
 from __future__ import annotations
