@@ -11,6 +11,7 @@ from starlette.applications import Starlette
 
 from tokenrelay.config import Settings
 from tokenrelay.http.streaming import dropped_client
+from tokenrelay.services import Services
 from tokenrelay.serving.protocol import GatewayHttpProtocol
 
 UNFINISHED = "ASGI callable returned without completing response"
@@ -41,9 +42,9 @@ class GatewayServer(uvicorn.Server):
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         app = self.config.loaded_app
-        relay = getattr(getattr(_unwrap(app), "state", None), "relay", None)
-        if relay is not None:
-            await relay.shutdown()
+        services: Services | None = getattr(getattr(_unwrap(app), "state", None), "services", None)
+        if services is not None:
+            await services.relay.shutdown()
         await super().shutdown(sockets)
 
 
