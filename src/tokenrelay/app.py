@@ -93,6 +93,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
             # Warm up in the background: a large model must not hold back /healthz.
             preparing = [asyncio.create_task(p.prepare()) for p in providers.values()]
             app.state.relay = Relay(settings, providers)
+            if settings.redis_url is not None:
+                from tokenrelay.relay.redis_log import SharedLog
+
+                shared = SharedLog(settings, app.state.relay.streams.get, prefix="tokenrelay:s")
+                app.state.relay.shared = shared
+                shared.start()
             app.state.store = store
             app.state.conversations = Conversations(store, app.state.relay, settings)
             app.state.conversations.start()
@@ -111,6 +117,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
                     task.cancel()
                 await app.state.relay.shutdown()
                 await app.state.conversations.aclose()
+                if app.state.relay.shared is not None:
+                    await app.state.relay.shared.aclose()
                 await gate.aclose()
                 for provider in providers.values():
                     await provider.aclose()

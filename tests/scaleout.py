@@ -1,0 +1,115 @@
+"""Several real ``tokenrelay serve`` processes sharing one Redis and one PostgreSQL database.
+
+``async with instances(http, tmp_path, redis, n) as [a, b, …]:`` starts them on free loopback
+ports with a generated config (a ``demo`` scripted model and an ``up`` model on the given fake
+upstream) and stops each by its PID on the way out, or leaves it to the test to kill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.gateway import SSEEvent, read_sse
+from tests.processes import ServeProcess, serve_process, upgraded
+from tests.redis_server import RedisServer
+
+LEASE = 1.5
+
+
+def config_text(
+    redis: RedisServer, upstream_url: str | None, sections: dict[str, dict[str, Any]]
+) -> str:
+    lines = [f'redis_url = "{redis.url}"', 'log_level = "warning"', ""]
+    lines += ["[models.demo]", 'provider = "scripted"', ""]
+    if upstream_url is not None:
+        lines += [
+            "[models.up]",
+            'provider = "openai"',
+            f'base_url = "{upstream_url}"',
+            'upstream_model = "fake-model"',
+            "",
+        ]
+    sections = {"streams": {"lease": LEASE}, **sections}
+    for name, values in sections.items():
+        lines.append(f"[{name}]")
+        lines += [f"{key} = {value!r}" for key, value in values.items()]
+        lines.append("")
+    return "\n".join(lines).replace("'", '"')
+
+
+@contextlib.asynccontextmanager
+async def instances(
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+    redis: RedisServer,
+    count: int,
+    *,
+    database_url: str,
+    upstream_url: str | None = None,
+    sections: dict[str, dict[str, Any]] | None = None,
+) -> AsyncIterator[list[ServeProcess]]:
+    config = tmp_path / "tokenrelay.toml"
+    config.write_text(config_text(redis, upstream_url, sections or {}))
+    env = {"TOKENRELAY_DATABASE_URL": await upgraded(database_url)}
+    async with contextlib.AsyncExitStack() as stack:
+        served = [
+            await stack.enter_async_context(serve_process(config, env=env)) for _ in range(count)
+        ]
+        await asyncio.gather(*(one.until_listening(http) for one in served))
+        yield served
+
+
+def script(tokens: int, delay: float) -> dict[str, Any]:
+    return {"tokens": [f"w{i} " for i in range(tokens)], "delay": delay}
+
+
+def native_body(tokens: int = 30, delay: float = 0.05) -> dict[str, Any]:
+    return {
+        "model": "demo",
+        "messages": [{"role": "user", "content": "hi"}],
+        "script": script(tokens, delay),
+    }
+
+
+def expected_text(tokens: int) -> str:
+    return "".join(f"w{i} " for i in range(tokens))
+
+
+async def events_until(
+    response: aiohttp.ClientResponse, stop: Any, timeout: float = 15
+) -> list[SSEEvent]:
+    """Events from ``response`` until ``stop(event)`` is true or the stream ends."""
+    seen: list[SSEEvent] = []
+    async with asyncio.timeout(timeout):
+        async for event in read_sse(response):
+            seen.append(event)
+            if stop(event):
+                break
+    return seen
+
+
+def ended(event: SSEEvent) -> bool:
+    return event.event in ("done", "error")
+
+
+def text_of(events: list[SSEEvent]) -> str:
+    return "".join(e.json()["text"] for e in events if e.event == "token")
+
+
+def ids_of(events: list[SSEEvent]) -> list[int]:
+    return [int(e.id) for e in events if e.id is not None]
+
+
+async def resume(
+    http: aiohttp.ClientSession, base: str, stream_id: str, last_id: int, stop: Any = ended
+) -> list[SSEEvent]:
+    headers = {"Last-Event-ID": str(last_id)}
+    async with http.get(f"{base}/v1/streams/{stream_id}", headers=headers) as response:
+        assert response.status == 200, await response.text()
+        return await events_until(response, stop)

@@ -1,0 +1,245 @@
+"""Streams that outlive their instance (issue 14): real processes on one Redis and PostgreSQL.
+
+Each test has a redis-server of its own (so it may stop it), and two or three ``tokenrelay
+serve`` processes on the session's PostgreSQL database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.redis_server import RedisServer, redis_server
+from tests.scaleout import (
+    LEASE,
+    ended,
+    events_until,
+    expected_text,
+    ids_of,
+    instances,
+    native_body,
+    resume,
+    script,
+    text_of,
+)
+from tokenrelay import errors
+from tokenrelay.events import Event, Failed, Finish, Opened, Queued, TextDelta, Usage
+from tokenrelay.relay import codec
+from tokenrelay.testing import FakeOpenAI, fake_prompt
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[RedisServer]:
+    async with redis_server() as server:
+        yield server
+
+
+def test_every_event_kind_comes_back_from_the_shared_log_encoding_as_it_went_in() -> None:
+    events: list[Event] = [
+        Opened(stream_id="str_x", model="m"),
+        Queued(2),
+        TextDelta("héllo 👋"),
+        Usage(3, 4),
+        Finish("stop"),
+        Failed(errors.Cancelled("stopped")),
+    ]
+    back = codec.decode(codec.encode(events))
+    assert back[:-1] == events[:-1]
+    failed = back[-1]
+    assert isinstance(failed, Failed) and isinstance(failed.error, errors.Cancelled)
+    assert failed.error.message == "stopped"
+
+
+async def test_native_stream_started_on_a_resumes_on_b_then_c_exactly(
+    http: aiohttp.ClientSession, tmp_path: Path, redis: RedisServer, postgres_database: str
+) -> None:
+    async with instances(http, tmp_path, redis, 3, database_url=postgres_database) as [a, b, c]:
+        async with http.post(f"{a.url}/v1/streams", json=native_body(40, 0.05)) as response:
+            stream_id = response.headers["X-Stream-Id"]
+            first = await events_until(response, lambda e: e.id == "6")
+        second = await resume(http, b.url, stream_id, 6, stop=lambda e: e.id == "20")
+        third = await resume(http, c.url, stream_id, 20)
+    seen = first + second + third
+    assert ids_of(seen) == list(range(1, len(seen) + 1))
+    assert text_of(seen) == expected_text(40)
+    assert seen[-1].event == "done"
+
+
+async def test_resume_on_another_instance_after_the_end_replays_the_whole_stream(
+    http: aiohttp.ClientSession, tmp_path: Path, redis: RedisServer, postgres_database: str
+) -> None:
+    async with instances(http, tmp_path, redis, 2, database_url=postgres_database) as [a, b]:
+        async with http.post(f"{a.url}/v1/streams", json=native_body(5, 0)) as response:
+            stream_id = response.headers["X-Stream-Id"]
+            whole = await events_until(response, ended)
+        again = await resume(http, b.url, stream_id, 0)
+        async with http.get(f"{b.url}/v1/streams/str_nothing") as missing:
+            assert missing.status == 404
+    assert [(e.id, e.event, e.data) for e in again] == [(e.id, e.event, e.data) for e in whole]
+
+
+async def test_websocket_reply_started_on_a_resumes_on_b_and_cancel_there_stops_it(
+    http: aiohttp.ClientSession, tmp_path: Path, redis: RedisServer, postgres_database: str
+) -> None:
+    async with instances(http, tmp_path, redis, 2, database_url=postgres_database) as [a, b]:
+        ws_a = await http.ws_connect(a.url.replace("http", "ws") + "/ws/chat")
+        await ws_a.send_json({"content": "hi", "script": script(200, 0.05)})
+        seen: list[dict[str, Any]] = []
+        while len(seen) < 5:
+            seen.append(await asyncio.wait_for(ws_a.receive_json(), 10))
+        stream_id = seen[0]["stream_id"]
+        await ws_a.close()
+        async with http.ws_connect(b.url.replace("http", "ws") + "/ws/chat") as ws_b:
+            await ws_b.send_json(
+                {"type": "resume", "stream_id": stream_id, "last_event_id": seen[-1]["id"]}
+            )
+            for _ in range(5):
+                seen.append(await asyncio.wait_for(ws_b.receive_json(), 10))
+            await ws_b.send_json({"type": "cancel"})
+            while seen[-1]["type"] not in ("done", "error"):
+                seen.append(await asyncio.wait_for(ws_b.receive_json(), 5))
+    assert [m["id"] for m in seen] == list(range(1, len(seen) + 1))
+    assert seen[-1]["type"] == "error" and seen[-1]["code"] == "cancelled"
+    tokens = "".join(m["content"] for m in seen if m["type"] == "token")
+    assert expected_text(200).startswith(tokens) and len(tokens) > 10
+
+
+async def test_delete_on_b_closes_the_upstream_of_a_within_one_second(
+    http: aiohttp.ClientSession, tmp_path: Path, redis: RedisServer, postgres_database: str
+) -> None:
+    async with (
+        FakeOpenAI() as fake,
+        instances(
+            http, tmp_path, redis, 2, database_url=postgres_database, upstream_url=fake.base_url
+        ) as [a, b],
+    ):
+        body = {
+            "model": "up",
+            "messages": [{"role": "user", "content": fake_prompt(tokens=["x "] * 500, delay=0.05)}],
+        }
+        async with http.post(f"{a.url}/v1/streams", json=body) as response:
+            assert response.status == 200, await response.text()
+            stream_id = response.headers["X-Stream-Id"]
+            await events_until(response, lambda e: e.id == "4")
+            asked = time.monotonic()
+            async with http.delete(f"{b.url}/v1/streams/{stream_id}") as cancel:
+                answer = await cancel.json()
+            assert await fake.requests[0].wait_closed(2)
+            rest = await events_until(response, ended)
+    closed_at = fake.requests[0].closed_at
+    assert closed_at is not None and closed_at - asked < 1.0
+    assert answer == {"stream_id": stream_id, "cancelled": True, "status": "cancelled"}
+    assert rest[-1].event == "error" and rest[-1].json()["code"] == "cancelled"
+
+
+async def test_deleting_the_conversation_on_b_stops_its_reply_streaming_on_a(
+    http: aiohttp.ClientSession, tmp_path: Path, redis: RedisServer, postgres_database: str
+) -> None:
+    async with instances(http, tmp_path, redis, 2, database_url=postgres_database) as [a, b]:
+        async with http.post(f"{a.url}/v1/conversations", json={}) as created:
+            cid = (await created.json())["id"]
+        turn = {"content": "hi", "script": script(400, 0.05)}
+        async with http.post(f"{a.url}/v1/conversations/{cid}/messages", json=turn) as response:
+            await events_until(response, lambda e: e.id == "4")
+            started = time.monotonic()
+            async with http.delete(f"{b.url}/v1/conversations/{cid}") as deleted:
+                assert deleted.status == 200
+            rest = await events_until(response, ended)
+    assert time.monotonic() - started < 1.0
+    assert rest[-1].event == "error" and rest[-1].json()["code"] == "cancelled"
+
+
+async def test_a_viewer_on_b_keeps_the_generation_on_a_alive_past_the_grace_period(
+    http: aiohttp.ClientSession, tmp_path: Path, redis: RedisServer, postgres_database: str
+) -> None:
+    grace = {"streams": {"lease": LEASE, "resume_grace": 0.5}}
+    async with instances(
+        http, tmp_path, redis, 2, database_url=postgres_database, sections=grace
+    ) as [a, b]:
+        async with http.post(f"{a.url}/v1/streams", json=native_body(50, 0.05)) as response:
+            stream_id = response.headers["X-Stream-Id"]
+            first = await events_until(response, lambda e: e.id == "3")
+        # Watched from B only, for five grace periods: it runs to its end.
+        rest = await resume(http, b.url, stream_id, 3)
+    seen = first + rest
+    assert text_of(seen) == expected_text(50)
+    assert seen[-1].event == "done"
+
+
+async def test_a_killed_instance_ends_its_streams_for_viewers_elsewhere_within_a_lease(
+    http: aiohttp.ClientSession, tmp_path: Path, redis: RedisServer, postgres_database: str
+) -> None:
+    async with instances(http, tmp_path, redis, 2, database_url=postgres_database) as [a, b]:
+        async with http.post(f"{a.url}/v1/streams", json=native_body(400, 0.05)) as response:
+            stream_id = response.headers["X-Stream-Id"]
+            await events_until(response, lambda e: e.id == "3")
+        headers = {"Last-Event-ID": "3"}
+        async with http.get(f"{b.url}/v1/streams/{stream_id}", headers=headers) as follow:
+            await events_until(follow, lambda e: e.id == "6")
+            a.process.kill()
+            killed = time.monotonic()
+            rest = await events_until(follow, ended)
+            took = time.monotonic() - killed
+    assert rest[-1].event == "error"
+    assert rest[-1].json()["code"] == "upstream_error"
+    assert "stopped" in rest[-1].json()["message"]
+    # The lease, the next check after it (a quarter lease), and room for a loaded machine.
+    assert took < LEASE * 1.25 + 1.0, took
+
+
+async def test_redis_stopped_mid_stream_hangs_nothing_and_everything_recovers(
+    http: aiohttp.ClientSession, tmp_path: Path, redis: RedisServer, postgres_database: str
+) -> None:
+    async with instances(http, tmp_path, redis, 2, database_url=postgres_database) as [a, b]:
+        async with http.post(f"{a.url}/v1/streams", json=native_body(60, 0.05)) as response:
+            stream_id = response.headers["X-Stream-Id"]
+            first = await events_until(response, lambda e: e.id == "5")
+            await redis.stop()
+            # The viewer on the generating instance gets every token and the end.
+            rest = await events_until(response, ended, timeout=10)
+            async with http.get(f"{b.url}/v1/streams/{stream_id}") as elsewhere:
+                refused = elsewhere.status, await elsewhere.json()
+        await redis.start()
+        # Back, empty: the generating instance writes its streams again by itself.
+        async with asyncio.timeout(10):
+            while True:
+                async with http.get(f"{b.url}/v1/streams/{stream_id}") as again:
+                    if again.status == 200:
+                        replayed = await events_until(again, ended)
+                        break
+                await asyncio.sleep(0.2)
+        # New streams resume across instances again.
+        async with http.post(f"{a.url}/v1/streams", json=native_body(5, 0)) as response:
+            new_id = response.headers["X-Stream-Id"]
+            await events_until(response, ended)
+        resumed = await resume(http, b.url, new_id, 0)
+    assert text_of(first + rest) == expected_text(60) and rest[-1].event == "done"
+    assert refused[0] == 503
+    assert refused[1]["error"]["code"] == "stream_log_unavailable"
+    assert text_of(replayed) == expected_text(60)
+    assert resumed[-1].event == "done"
+
+
+async def test_limits_and_the_conversation_store_hold_across_instances(
+    http: aiohttp.ClientSession, tmp_path: Path, redis: RedisServer, postgres_database: str
+) -> None:
+    one_at_a_time = {"rate_limits": {"concurrent_streams": 1}}
+    async with instances(
+        http, tmp_path, redis, 2, database_url=postgres_database, sections=one_at_a_time
+    ) as [a, b]:
+        async with http.post(f"{a.url}/v1/streams", json=native_body(40, 0.05)) as response:
+            await events_until(response, lambda e: e.id == "2")
+            async with http.post(f"{b.url}/v1/streams", json=native_body(2, 0)) as refused:
+                assert refused.status == 429
+                assert (await refused.json())["error"]["code"] == "concurrency_limited"
+        async with http.post(f"{a.url}/v1/conversations", json={"title": "shared"}) as made:
+            cid = (await made.json())["id"]
+        async with http.get(f"{b.url}/v1/conversations/{cid}") as found:
+            assert found.status == 200
+            assert (await found.json())["title"] == "shared"
