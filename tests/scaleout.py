@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,11 @@ async def events_until(
             if stop(event):
                 break
     return seen
+
+
+def at_id(event_id: int) -> Callable[[SSEEvent], bool]:
+    """Stop at the event with this id."""
+    return lambda event: event.id == str(event_id)
 
 
 def ended(event: SSEEvent) -> bool:

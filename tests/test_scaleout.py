@@ -15,9 +15,12 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.processes import serve_process, upgraded
 from tests.redis_server import RedisServer, redis_server
 from tests.scaleout import (
     LEASE,
+    at_id,
+    config_text,
     ended,
     events_until,
     expected_text,
@@ -28,7 +31,8 @@ from tests.scaleout import (
     script,
     text_of,
 )
-from tokenrelay import errors
+from tests.test_nginx import NGINX, nginx_in_front
+from tokenrelay import cli, errors
 from tokenrelay.events import Event, Failed, Finish, Opened, Queued, TextDelta, Usage
 from tokenrelay.relay import codec
 from tokenrelay.testing import FakeOpenAI, fake_prompt
@@ -62,8 +66,8 @@ async def test_native_stream_started_on_a_resumes_on_b_then_c_exactly(
     async with instances(http, tmp_path, redis, 3, database_url=postgres_database) as [a, b, c]:
         async with http.post(f"{a.url}/v1/streams", json=native_body(40, 0.05)) as response:
             stream_id = response.headers["X-Stream-Id"]
-            first = await events_until(response, lambda e: e.id == "6")
-        second = await resume(http, b.url, stream_id, 6, stop=lambda e: e.id == "20")
+            first = await events_until(response, at_id(6))
+        second = await resume(http, b.url, stream_id, 6, stop=at_id(20))
         third = await resume(http, c.url, stream_id, 20)
     seen = first + second + third
     assert ids_of(seen) == list(range(1, len(seen) + 1))
@@ -126,7 +130,7 @@ async def test_delete_on_b_closes_the_upstream_of_a_within_one_second(
         async with http.post(f"{a.url}/v1/streams", json=body) as response:
             assert response.status == 200, await response.text()
             stream_id = response.headers["X-Stream-Id"]
-            await events_until(response, lambda e: e.id == "4")
+            await events_until(response, at_id(4))
             asked = time.monotonic()
             async with http.delete(f"{b.url}/v1/streams/{stream_id}") as cancel:
                 answer = await cancel.json()
@@ -146,7 +150,7 @@ async def test_deleting_the_conversation_on_b_stops_its_reply_streaming_on_a(
             cid = (await created.json())["id"]
         turn = {"content": "hi", "script": script(400, 0.05)}
         async with http.post(f"{a.url}/v1/conversations/{cid}/messages", json=turn) as response:
-            await events_until(response, lambda e: e.id == "4")
+            await events_until(response, at_id(4))
             started = time.monotonic()
             async with http.delete(f"{b.url}/v1/conversations/{cid}") as deleted:
                 assert deleted.status == 200
@@ -164,7 +168,7 @@ async def test_a_viewer_on_b_keeps_the_generation_on_a_alive_past_the_grace_peri
     ) as [a, b]:
         async with http.post(f"{a.url}/v1/streams", json=native_body(50, 0.05)) as response:
             stream_id = response.headers["X-Stream-Id"]
-            first = await events_until(response, lambda e: e.id == "3")
+            first = await events_until(response, at_id(3))
         # Watched from B only, for five grace periods: it runs to its end.
         rest = await resume(http, b.url, stream_id, 3)
     seen = first + rest
@@ -178,10 +182,10 @@ async def test_a_killed_instance_ends_its_streams_for_viewers_elsewhere_within_a
     async with instances(http, tmp_path, redis, 2, database_url=postgres_database) as [a, b]:
         async with http.post(f"{a.url}/v1/streams", json=native_body(400, 0.05)) as response:
             stream_id = response.headers["X-Stream-Id"]
-            await events_until(response, lambda e: e.id == "3")
+            await events_until(response, at_id(3))
         headers = {"Last-Event-ID": "3"}
         async with http.get(f"{b.url}/v1/streams/{stream_id}", headers=headers) as follow:
-            await events_until(follow, lambda e: e.id == "6")
+            await events_until(follow, at_id(6))
             a.process.kill()
             killed = time.monotonic()
             rest = await events_until(follow, ended)
@@ -199,7 +203,7 @@ async def test_redis_stopped_mid_stream_hangs_nothing_and_everything_recovers(
     async with instances(http, tmp_path, redis, 2, database_url=postgres_database) as [a, b]:
         async with http.post(f"{a.url}/v1/streams", json=native_body(60, 0.05)) as response:
             stream_id = response.headers["X-Stream-Id"]
-            first = await events_until(response, lambda e: e.id == "5")
+            first = await events_until(response, at_id(5))
             await redis.stop()
             # The viewer on the generating instance gets every token and the end.
             rest = await events_until(response, ended, timeout=10)
@@ -234,7 +238,7 @@ async def test_limits_and_the_conversation_store_hold_across_instances(
         http, tmp_path, redis, 2, database_url=postgres_database, sections=one_at_a_time
     ) as [a, b]:
         async with http.post(f"{a.url}/v1/streams", json=native_body(40, 0.05)) as response:
-            await events_until(response, lambda e: e.id == "2")
+            await events_until(response, at_id(2))
             async with http.post(f"{b.url}/v1/streams", json=native_body(2, 0)) as refused:
                 assert refused.status == 429
                 assert (await refused.json())["error"]["code"] == "concurrency_limited"
@@ -243,3 +247,104 @@ async def test_limits_and_the_conversation_store_hold_across_instances(
         async with http.get(f"{b.url}/v1/conversations/{cid}") as found:
             assert found.status == 200
             assert (await found.json())["title"] == "shared"
+
+
+@pytest.mark.skipif(not NGINX.exists(), reason="needs Debian's nginx at /usr/sbin/nginx")
+async def test_through_nginx_round_robin_every_resume_and_cancel_lands_anywhere_and_holds(
+    http: aiohttp.ClientSession, tmp_path: Path, redis: RedisServer, postgres_database: str
+) -> None:
+    async with (
+        instances(http, tmp_path, redis, 2, database_url=postgres_database) as served,
+        nginx_in_front([one.url for one in served], tmp_path) as nginx,
+    ):
+        async with http.post(f"{nginx.url}/v1/streams", json=native_body(60, 0.03)) as response:
+            stream_id = response.headers["X-Stream-Id"]
+            seen = await events_until(response, at_id(3))
+        # nginx alternates between the two: half of these land on the other instance.
+        for _ in range(4):
+            last = int(seen[-1].id or 0)
+            seen += await resume(http, nginx.url, stream_id, last, at_id(last + 3))
+        seen += await resume(http, nginx.url, stream_id, int(seen[-1].id or 0))
+        async with http.post(f"{nginx.url}/v1/streams", json=native_body(400, 0.05)) as other:
+            other_id = other.headers["X-Stream-Id"]
+            await events_until(other, at_id(3))
+            cancels = []
+            for _ in range(2):
+                async with http.delete(f"{nginx.url}/v1/streams/{other_id}") as cancel:
+                    cancels.append((await cancel.json())["status"])
+            rest = await events_until(other, ended)
+    assert ids_of(seen) == list(range(1, len(seen) + 1))
+    assert text_of(seen) == expected_text(60)
+    assert cancels[0] == "cancelled"
+    assert rest[-1].json()["code"] == "cancelled"
+
+
+def test_serve_with_workers_is_refused_without_a_redis_url(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "tokenrelay.toml"
+    config.write_text('[models.demo]\nprovider = "scripted"\n')
+    assert cli.main(["serve", "--config", str(config), "--workers", "2"]) == 2
+    assert "--workers 2 needs redis_url" in capsys.readouterr().err
+
+
+def children_of(pid: int) -> list[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(child) for child in text.split()]
+
+
+async def test_serve_with_two_workers_resumes_a_stream_on_either_and_stops_both(
+    http: aiohttp.ClientSession, tmp_path: Path, redis: RedisServer, postgres_database: str
+) -> None:
+    config = tmp_path / "tokenrelay.toml"
+    config.write_text(config_text(redis, None, {}))
+    env = {"TOKENRELAY_DATABASE_URL": await upgraded(postgres_database)}
+    workers: list[int] = []
+    async with serve_process(config, env=env, args=["--workers", "2"], graceful=True) as served:
+        await served.until_listening(http)
+        workers = children_of(served.process.pid)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as new:
+            async with new.post(f"{served.url}/v1/streams", json=native_body(40, 0.03)) as first:
+                stream_id = first.headers["X-Stream-Id"]
+                seen = await events_until(first, at_id(2))
+            # A new connection each time: the kernel gives each to either worker.
+            for _ in range(6):
+                last = int(seen[-1].id or 0)
+                seen += await resume(new, served.url, stream_id, last, at_id(last + 2))
+            seen += await resume(new, served.url, stream_id, int(seen[-1].id or 0))
+    assert len(workers) == 2
+    assert ids_of(seen) == list(range(1, len(seen) + 1))
+    assert text_of(seen) == expected_text(40)
+    # Stopping the parent stopped its workers.
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+
+
+async def test_a_redis_that_stops_answering_slows_no_stream_and_is_used_again_when_back(
+    http: aiohttp.ClientSession, tmp_path: Path, redis: RedisServer, postgres_database: str
+) -> None:
+    async with instances(http, tmp_path, redis, 2, database_url=postgres_database) as [a, b]:
+        async with http.post(f"{a.url}/v1/streams", json=native_body(40, 0.03)) as response:
+            stream_id = response.headers["X-Stream-Id"]
+            first = await events_until(response, at_id(3))
+            # Frozen: it takes connections and never answers.
+            redis.pause()
+            started = time.monotonic()
+            rest = await events_until(response, ended, timeout=10)
+            took = time.monotonic() - started
+            asked = time.monotonic()
+            async with http.get(f"{b.url}/v1/streams/{stream_id}") as elsewhere:
+                refused = elsewhere.status
+            refused_after = time.monotonic() - asked
+        redis.resume()
+        async with asyncio.timeout(10):
+            while True:
+                async with http.get(f"{b.url}/v1/streams/{stream_id}") as again:
+                    if again.status == 200:
+                        replayed = await events_until(again, ended)
+                        break
+                await asyncio.sleep(0.2)
+    assert text_of(first + rest) == expected_text(40)
+    # 37 tokens 0.03 s apart, as if Redis were not there.
+    assert took < 37 * 0.03 + 1.0, took
+    assert refused == 503 and refused_after < 2.0
+    assert text_of(replayed) == expected_text(40)

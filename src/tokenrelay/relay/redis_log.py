@@ -227,6 +227,7 @@ class SharedLog:
         self._fresh.difference_update(batch)
         for stream_id in ended:
             self._written.pop(stream_id, None)
+            self._views.pop(stream_id, None)
             batch[stream_id].log.on_append = None
 
     def _down(self, exc: BaseException) -> None:
