@@ -198,6 +198,7 @@ async def _run(plan: Plan, sections: set[str], naive: bool, results: dict[str, A
     if "shared" in sections:
         _progress("the stream log on Redis, and --workers 2")
         results["shared"] = await shared.measure(OUT_DIR, plan, _warm_up)
+        results.setdefault("gateway_auth", "on (API key)")
     if "local" in sections:
         results["local"] = await _local(plan is QUICK)
 
