@@ -111,6 +111,13 @@ def ids_of(events: list[SSEEvent]) -> list[int]:
     return [int(e.id) for e in events if e.id is not None]
 
 
+def assert_whole(seen: list[SSEEvent], tokens: int) -> None:
+    """``seen`` is the whole stream of ``tokens`` tokens: every id once, in order, then done."""
+    assert ids_of(seen) == list(range(1, len(seen) + 1))
+    assert text_of(seen) == expected_text(tokens)
+    assert seen[-1].event == "done", seen[-1]
+
+
 async def resume(
     http: aiohttp.ClientSession, base: str, stream_id: str, last_id: int, stop: Any = ended
 ) -> list[SSEEvent]:
@@ -118,3 +125,30 @@ async def resume(
     async with http.get(f"{base}/v1/streams/{stream_id}", headers=headers) as response:
         assert response.status == 200, await response.text()
         return await events_until(response, stop)
+
+
+async def hopping(
+    http: aiohttp.ClientSession, base: str, body: dict[str, Any], hops: int, step: int
+) -> list[SSEEvent]:
+    """Start a native stream at ``base``, leave it after ``step`` events and resume it there
+    ``hops`` times (a new request each: behind a balancer, maybe another instance), then read
+    it to its end; every event seen."""
+    async with http.post(f"{base}/v1/streams", json=body) as response:
+        stream_id = response.headers["X-Stream-Id"]
+        seen = await events_until(response, at_id(step))
+    for _ in range(hops):
+        last = int(seen[-1].id or 0)
+        seen += await resume(http, base, stream_id, last, at_id(last + step))
+    return seen + await resume(http, base, stream_id, int(seen[-1].id or 0))
+
+
+async def replayed_once_back(
+    http: aiohttp.ClientSession, base: str, stream_id: str, within: float = 10
+) -> list[SSEEvent]:
+    """The whole stream from ``base``, asked again until it answers (Redis coming back)."""
+    async with asyncio.timeout(within):
+        while True:
+            async with http.get(f"{base}/v1/streams/{stream_id}") as again:
+                if again.status == 200:
+                    return await events_until(again, ended)
+            await asyncio.sleep(0.2)

@@ -36,14 +36,12 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import orjson
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from tokenrelay import errors
 from tokenrelay.config import Settings
 from tokenrelay.events import Failed
+from tokenrelay.redis_pool import connect
 from tokenrelay.relay import codec
 from tokenrelay.relay.log import StreamLog
 from tokenrelay.relay.stream import Stream
@@ -65,19 +63,6 @@ def new_instance_id() -> str:
     return "inst_" + secrets.token_urlsafe(8)
 
 
-def _pool(url: str, timeout: float, max_connections: int) -> Redis:
-    pool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=timeout,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        # A retry would multiply what a dead Redis costs; the callers retry on their own terms.
-        retry=Retry(NoBackoff(), 0),
-    )
-    return Redis.from_pool(pool)
-
-
 class SharedLog:
     """Every instance's resumable streams, on one Redis."""
 
@@ -91,11 +76,11 @@ class SharedLog:
         self.lease = settings.streams.lease
         timeout = settings.rate_limits.redis_timeout
         self.timeout = timeout
-        self.client = _pool(settings.redis_url, timeout, 64)
+        self.client = connect(settings.redis_url, timeout)
         # Blocking reads hold a connection each while they wait, so they have their own pool
         # and a socket timeout longer than their block.
         self.block = min(1.0, self.lease / 4)
-        self.reader = _pool(settings.redis_url, self.block + 2 * timeout, 4096)
+        self.reader = connect(settings.redis_url, self.block + 2 * timeout, 4096)
         self._local = local
         self._dirty: dict[str, Stream] = {}
         self._written: dict[str, int] = {}
@@ -106,6 +91,7 @@ class SharedLog:
         self._views: dict[str, Counter[str]] = {}
         self._outbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
+        self._retries: set[asyncio.Task[None]] = set()
         self._down_since: float | None = None
 
     # -- keys
@@ -134,9 +120,10 @@ class SharedLog:
             await asyncio.wait([self._writer], timeout=grace)
         for remote in list(self._remote.values()):
             remote.stop()
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._retries]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._writer is not None:
             self._writer.cancel()
         try:
@@ -320,16 +307,27 @@ class SharedLog:
     async def _send(self) -> None:
         while True:
             instance, data = await self._outbox.get()
-            deadline = time.monotonic() + DELIVERY
-            # An instance reconnecting its channel hears nothing meanwhile: until it is
-            # listening again (or the message is too old to matter), try again.
-            while time.monotonic() < deadline:
-                try:
-                    if await self.client.publish(self._channel(instance), data):
-                        break
-                except Faults as exc:
-                    self._down(exc)
-                await asyncio.sleep(0.05)
+            if not await self._publish(instance, data):
+                # Retried on the side, so that one instance that is not listening (reconnecting
+                # its channel, or dead) holds up no message to the others.
+                retry = asyncio.create_task(self._redeliver(instance, data))
+                self._retries.add(retry)
+                retry.add_done_callback(self._retries.discard)
+
+    async def _publish(self, instance: str, data: bytes) -> bool:
+        """Whether ``instance`` heard it."""
+        try:
+            return bool(await self.client.publish(self._channel(instance), data))
+        except Faults as exc:
+            self._down(exc)
+            return False
+
+    async def _redeliver(self, instance: str, data: bytes) -> None:
+        deadline = time.monotonic() + DELIVERY
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            if await self._publish(instance, data):
+                return
 
     # -- reading streams of other instances
 
