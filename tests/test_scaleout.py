@@ -330,3 +330,28 @@ async def test_a_redis_that_stops_answering_slows_no_stream_and_is_used_again_wh
     assert took < 37 * 0.03 + 1.0, took
     assert refused == 503 and refused_after < 2.0
     assert text_of(replayed) == expected_text(40)
+
+
+async def test_a_viewer_on_b_that_stops_reading_never_slows_the_generation_on_a(
+    http: aiohttp.ClientSession, pair: list[ServeProcess]
+) -> None:
+    a, b = pair
+    body = native_body(0, 0)
+    # 200 tokens of 8 KB: far more than the stuck viewer's socket buffers hold.
+    body["script"] = {"tokens": ["x" * 8192], "repeat": 200, "delay": 0.01}
+    async with http.post(f"{a.url}/v1/streams", json=body) as response:
+        stream_id = response.headers["X-Stream-Id"]
+        await events_until(response, at_id(2))
+        host, port = b.url.removeprefix("http://").split(":")
+        _, stuck = await asyncio.open_connection(host, int(port))
+        stuck.write(f"GET /v1/streams/{stream_id} HTTP/1.1\r\nHost: b\r\n\r\n".encode())
+        try:
+            started = time.monotonic()
+            rest = await events_until(response, ended, timeout=20)
+            took = time.monotonic() - started
+        finally:
+            stuck.close()
+    assert rest[-1].event == "done"
+    assert len(text_of(rest)) + 2 * 8192 >= 200 * 8192
+    # 198 tokens 0.01 s apart, with room for a loaded machine.
+    assert took < 5.0, took
