@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import gateway, report, scenarios
+from bench import gateway, report, scenarios, shared
 from bench.client import Client
 from bench.procs import Child, free_port, python, raise_fd_limit
 from bench.workload import GATEWAY_MODEL, UPSTREAM_MODEL, Target
@@ -82,8 +82,8 @@ def main() -> int:
     parser.add_argument("--no-naive", action="store_true", help="skip the naive FastAPI proxy")
     parser.add_argument(
         "--only",
-        default="ttft,cpu,slow,clients,local",
-        help="comma-separated sections to run (ttft, cpu, slow, clients, local)",
+        default="ttft,cpu,slow,clients,shared,local",
+        help="comma-separated sections to run (ttft, cpu, slow, clients, shared, local)",
     )
     parser.add_argument("--out", type=Path, default=OUT_DIR / "latest.json")
     args = parser.parse_args()
@@ -136,6 +136,9 @@ def main() -> int:
     if client_lines:
         print()
         print("\n".join(client_lines))
+    if "shared" in results:
+        print()
+        print("\n".join(shared.lines(results["shared"])))
     local = results.get("local")
     if local is not None:
         print()
@@ -192,6 +195,10 @@ async def _run(plan: Plan, sections: set[str], naive: bool, results: dict[str, A
                 await asyncio.sleep(1)
     if "clients" in sections:
         results["clients"] = _clients(plan is QUICK)
+    if "shared" in sections:
+        _progress("the stream log on Redis, and --workers 2")
+        results["shared"] = await shared.measure(OUT_DIR, plan, _warm_up)
+        results.setdefault("gateway_auth", "on (API key)")
     if "local" in sections:
         results["local"] = await _local(plan is QUICK)
 

@@ -189,6 +189,13 @@ def _content_chars(chunk: Any, result: StreamResult) -> int:
     if "error" in chunk:
         result.error = f"stream error: {chunk['error']}"
         return 0
+    # The native wire (``POST /v1/streams``): token {text}, done {finish_reason}, error.
+    if isinstance(chunk.get("text"), str):
+        return len(chunk["text"])
+    if "finish_reason" in chunk:
+        result.done = True
+    elif "code" in chunk and "message" in chunk:
+        result.error = f"stream error: {chunk['code']}"
     total = 0
     for choice in chunk.get("choices") or ():
         content = (choice.get("delta") or {}).get("content")

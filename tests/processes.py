@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,8 +62,9 @@ async def serve_process(
     env: Mapping[str, str] | None = None,
     stdout: int = asyncio.subprocess.DEVNULL,
     graceful: bool = False,
+    args: Sequence[str] = (),
 ) -> AsyncIterator[ServeProcess]:
-    """``tokenrelay serve --config config`` with ``env`` over this process's environment.
+    """``tokenrelay serve --config config *args`` with ``env`` over this process's environment.
 
     On the way out a process still running is killed (terminated when ``graceful``).
     """
@@ -78,6 +79,7 @@ async def serve_process(
         str(port),
         "--config",
         str(config),
+        *args,
         env={**os.environ, **(env or {})},
         stdout=stdout,
         stderr=asyncio.subprocess.DEVNULL,

@@ -17,7 +17,7 @@ import contextlib
 import itertools
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,15 +91,17 @@ def free_port() -> int:
         return port
 
 
-def site_config(gateway: Gateway, port: int) -> str:
-    """The shipped file, pointed at this test's gateway and listening on a loopback port."""
+def site_config(gateway: Gateway | Sequence[str], port: int) -> str:
+    """The shipped file, pointed at this test's gateway (or the URLs of several instances,
+    one ``server`` line each) and listening on a loopback port."""
     text = SHIPPED.read_text()
     directives = [line.split("#")[0].split() for line in text.splitlines()]
     assert ["proxy_buffering", "off;"] not in directives, "streaming is X-Accel-Buffering's job"
     for expected in ("server 127.0.0.1:8000;", "listen 80;"):
         assert expected in text, f"deploy/nginx.conf no longer has {expected!r}"
-    gateway_address = gateway.url.removeprefix("http://")
-    text = text.replace("server 127.0.0.1:8000;", f"server {gateway_address};")
+    urls = [gateway.url] if isinstance(gateway, Gateway) else gateway
+    servers = "\n    ".join(f"server {url.removeprefix('http://')};" for url in urls)
+    text = text.replace("server 127.0.0.1:8000;", servers)
     return text.replace("listen 80;", f"listen 127.0.0.1:{port};")
 
 
@@ -114,7 +116,7 @@ async def accepts(port: int) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def nginx_in_front(gateway: Gateway, tmp: Path) -> AsyncIterator[Nginx]:
+async def nginx_in_front(gateway: Gateway | Sequence[str], tmp: Path) -> AsyncIterator[Nginx]:
     # Another process may take a port between our choosing it and nginx binding it: retry.
     for _ in range(3):
         port, control_port = free_port(), free_port()

@@ -1,4 +1,4 @@
-"""``tokenrelay serve``, ``config check``, ``db upgrade``, ``check-local`` and
+"""``tokenrelay serve [--workers N]``, ``config check``, ``db upgrade``, ``check-local`` and
 ``keys create|list|revoke``."""
 
 from __future__ import annotations
@@ -24,6 +24,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default 8000)")
     serve.add_argument("--config", help="TOML config file (or TOKENRELAY_CONFIG)")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="processes to serve with (needs redis_url)"
+    )
+    # A worker of `serve --workers N`: serve on the parent's socket, announcing nothing.
+    serve.add_argument("--worker-fd", type=int, help=argparse.SUPPRESS)
 
     config = commands.add_parser("config", help="work with config files")
     config_commands = config.add_subparsers(dest="config_command", required=True)
@@ -48,7 +53,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v}
             settings = load_settings(args.config, **overrides)
             check_models(settings.models)
-            problem = asyncio.run(_database_problem(settings))
+            if args.worker_fd is not None:
+                return serve_forever(settings, worker_fd=args.worker_fd)
+            from tokenrelay.serving.workers import refusal
+
+            problem = refusal(settings, args.workers) or asyncio.run(_database_problem(settings))
             if problem is not None:
                 print(f"tokenrelay: {problem}", file=sys.stderr)
                 return 2
@@ -59,6 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             except RefuseToServe as exc:
                 print(f"tokenrelay: {exc}", file=sys.stderr)
                 return 2
+            if args.workers > 1:
+                from tokenrelay.serving.workers import run_workers
+
+                announce(settings, first_key, args.workers)
+                passed = [*(f"--{k}={v}" for k, v in overrides.items())]
+                return run_workers(settings, args.workers, [*passed, *_config_arg(args)])
             return serve_forever(settings, first_key)
         if args.command == "keys":
             return asyncio.run(keys_command(load_settings(args.config), args))
@@ -100,7 +115,11 @@ async def check_local(settings: Settings) -> int:
     return 1 if failed else 0
 
 
-def serve_forever(settings: Settings, first_key: str | None = None) -> int:
+def serve_forever(
+    settings: Settings, first_key: str | None = None, *, worker_fd: int | None = None
+) -> int:
+    import socket
+
     from tokenrelay.app import create_app
     from tokenrelay.serving.server import GatewayServer, uvicorn_config
 
@@ -108,8 +127,23 @@ def serve_forever(settings: Settings, first_key: str | None = None) -> int:
         uvicorn_config(create_app(settings), settings, loop="uvloop"),
         send_timeout=settings.streams.send_timeout,
     )
+    if worker_fd is None:
+        announce(settings, first_key)
+        server.run()
+    else:
+        server.run(sockets=[socket.socket(fileno=worker_fd)])
+    # uvicorn returns quietly when the app's startup failed (it has logged why).
+    return 0 if server.started else 1
+
+
+def _config_arg(args: argparse.Namespace) -> list[str]:
+    return [] if args.config is None else ["--config", args.config]
+
+
+def announce(settings: Settings, first_key: str | None, workers: int = 1) -> None:
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    print(f"tokenrelay is listening on http://{host}:{settings.port}/", flush=True)
+    with_workers = f" with {workers} workers" if workers > 1 else ""
+    print(f"tokenrelay is listening on http://{host}:{settings.port}/{with_workers}", flush=True)
     if first_key is not None:
         print(
             "A first admin key was created. Open this link to start (the key is shown once;\n"
@@ -120,9 +154,6 @@ def serve_forever(settings: Settings, first_key: str | None = None) -> int:
         )
     elif not settings.auth.enabled:
         print("tokenrelay: auth is disabled: anyone who can reach this port can use it")
-    server.run()
-    # uvicorn returns quietly when the app's startup failed (it has logged why).
-    return 0 if server.started else 1
 
 
 async def _database_problem(settings: Settings) -> str | None:

@@ -119,6 +119,11 @@ class StreamSettings(_Strict):
     send_timeout: float = Field(default=30.0, gt=0)
     resume_grace: float = Field(default=30.0, ge=0)
     retention: float = Field(default=300.0, ge=0)
+    # With redis_url: the generating instance renews a lease this long while it lives; a
+    # viewer elsewhere ends a stream whose instance let it run out.
+    lease: float = Field(default=10.0, gt=0)
+    # With redis_url: the newest entries a stream keeps in Redis (about that many loop turns).
+    max_shared_entries: int = Field(default=50_000, gt=0)
 
 
 class Quota(_Strict):

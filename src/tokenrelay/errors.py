@@ -13,6 +13,7 @@
     ├── ConcurrencyLimited                concurrency_limited     429   rate_limit_error
     ├── BudgetExceeded                    budget_exceeded         429   rate_limit_error
     ├── LimiterUnavailable                limiter_unavailable     503   api_error
+    ├── StreamLogUnavailable              stream_log_unavailable  503   api_error
     ├── UpstreamUnavailable               upstream_unavailable    502   overloaded_error
     ├── UpstreamRateLimited               upstream_rate_limited   429   rate_limit_error
     ├── UpstreamTimeout                   upstream_timeout        504   timeout_error
@@ -141,6 +142,14 @@ class LimiterUnavailable(TokenRelayError):
     code = "limiter_unavailable"
     status = 503
     type = "api_error"
+    ws_close_code = 1013
+
+
+class StreamLogUnavailable(TokenRelayError):
+    """The shared stream log (Redis) did not answer: a stream elsewhere cannot be reached."""
+
+    code = "stream_log_unavailable"
+    status = 503
     ws_close_code = 1013
 
 

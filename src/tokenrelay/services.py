@@ -84,6 +84,11 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
         accounts = Accounts(store)
         gate = Gate(settings.rate_limits, build_limiter(settings), Ledger(accounts))
         relay = Relay(settings, providers, admission=gate, finish_hooks=[gate.finished])
+        if settings.redis_url is not None:
+            from tokenrelay.relay.redis_log import SharedLog
+
+            relay.shared = SharedLog(settings, relay.streams.get, prefix="tokenrelay:s")
+            relay.shared.start()
         conversations = Conversations(store, relay, settings)
         services = Services(
             settings=settings,
@@ -105,6 +110,8 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
                 task.cancel()
             await relay.shutdown()
             await conversations.aclose()
+            if relay.shared is not None:
+                await relay.shared.aclose()
             await gate.aclose()
             for provider in providers.values():
                 await provider.aclose()

@@ -180,9 +180,12 @@ async def update_conversation(request: Request) -> Response:
 
 async def delete_conversation(request: Request) -> Response:
     conversation_id = request.path_params["conversation_id"]
-    await _store(request).delete_conversation(_owner(request), conversation_id)
+    stream_ids = await _store(request).delete_conversation(_owner(request), conversation_id)
     conversations = services_of(request).conversations
-    conversations.cancel(conversation_id, errors.Cancelled("the conversation was deleted"))
+    reason = errors.Cancelled("the conversation was deleted")
+    conversations.cancel(conversation_id, reason)
+    # A reply streaming on another instance is stopped there.
+    await conversations.relay.cancel_anywhere(stream_ids, _owner(request), reason)
     return JSONResponse({"id": conversation_id, "object": "conversation.deleted", "deleted": True})
 
 

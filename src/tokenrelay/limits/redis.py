@@ -14,13 +14,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from tokenrelay.config import Quota
 from tokenrelay.limits.base import Decision, Lease, Limiter, LimiterDown
+from tokenrelay.redis_pool import connect
+
+__all__ = ["RedisLimiter", "connect"]
 
 # Each function mirrors its namesake in limits/base.py; keep them in step.
 _PRELUDE = """
@@ -114,21 +115,6 @@ LIVE = (
 return redis.call('ZCOUNT', KEYS[1], '(' .. tostring(now), '+inf')
 """
 )
-
-
-def connect(url: str, timeout: float, max_connections: int = 64) -> Redis:
-    # A burst of admissions waits (up to ``timeout``) for one of a bounded set of connections
-    # instead of opening one each.
-    pool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=timeout,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        # A retry would multiply the time a dead Redis costs; the next request tries anew.
-        retry=Retry(NoBackoff(), 0),
-    )
-    return Redis.from_pool(pool)
 
 
 class RedisLimiter(Limiter):

@@ -8,18 +8,21 @@ queue per reader. Memory is bounded by the output, not by the number of readers.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from tokenrelay.events import TERMINAL, Event, Failed, Queued, TextDelta
 
 
 class StreamLog:
-    __slots__ = ("_waiters", "accepted", "closed", "events")
+    __slots__ = ("_waiters", "accepted", "closed", "events", "on_append")
 
     def __init__(self) -> None:
         self.events: list[Event] = []
         self.accepted = False
         self.closed = False
         self._waiters: list[asyncio.Future[bool]] = []
+        # Told of every append: how a shared log (Redis) learns what to copy.
+        self.on_append: Callable[[], None] | None = None
 
     def __len__(self) -> int:
         return len(self.events)
@@ -31,6 +34,8 @@ class StreamLog:
         if isinstance(event, TERMINAL):
             self.closed = True
         self._wake()
+        if self.on_append is not None:
+            self.on_append()
 
     def mark_accepted(self) -> None:
         if not self.accepted:

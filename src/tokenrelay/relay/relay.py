@@ -7,7 +7,7 @@ import logging
 import secrets
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from tokenrelay import errors
 from tokenrelay.chat import ChatRequest
@@ -17,6 +17,9 @@ from tokenrelay.providers.base import Provider
 from tokenrelay.relay import retry
 from tokenrelay.relay.deadline import Deadline
 from tokenrelay.relay.stream import Stream
+
+if TYPE_CHECKING:
+    from tokenrelay.relay.redis_log import SharedLog
 
 logger = logging.getLogger("tokenrelay.relay")
 
@@ -58,6 +61,8 @@ class Relay:
         self.streams: dict[str, Stream] = {}
         self.finish_hooks: list[FinishHook] = finish_hooks or []
         self.admission = admission
+        # With redis_url: resumable streams are copied there, and found there from elsewhere.
+        self.shared: SharedLog | None = None
         self.started_total = 0
         # Open WebSockets per user on this instance (the WebSocket wire keeps the count).
         self.sockets: Counter[str | None] = Counter()
@@ -110,6 +115,8 @@ class Relay:
         stream.task = asyncio.create_task(self._run(stream, request), name=stream.id)
         # A bound method, not a closure over the stream: one object less per open stream.
         stream.task.add_done_callback(self._ended_unrun)
+        if self.shared is not None and linger > 0:
+            self.shared.publish(stream)
         if admitted is not None:
             admitted.bind(stream)
         return stream
@@ -120,6 +127,23 @@ class Relay:
         if stream is None or stream.owner != owner:
             raise errors.NotFound(f"stream {stream_id!r} does not exist")
         return stream
+
+    async def find(self, stream_id: str, owner: str | None = None) -> Stream:
+        """:meth:`get`, or with a shared log, the stream from whichever instance runs it."""
+        if self.shared is None or stream_id in self.streams:
+            return self.get(stream_id, owner)
+        return await self.shared.find(stream_id, owner)
+
+    async def cancel_anywhere(
+        self, stream_ids: list[str], owner: str | None, reason: errors.TokenRelayError
+    ) -> None:
+        """Stop these streams wherever they run; those already gone are left alone."""
+        for stream_id in stream_ids:
+            try:
+                stream = await self.find(stream_id, owner)
+            except (errors.NotFound, errors.StreamLogUnavailable):
+                continue
+            stream.cancel(reason)
 
     async def shutdown(self, grace: float = 5.0) -> None:
         """Stop every live stream with ``server_shutdown`` and wait for their ends."""

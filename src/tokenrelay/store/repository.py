@@ -196,9 +196,18 @@ class Store:
             )
             return await _conversation(connection, owner, conversation_id)
 
-    async def delete_conversation(self, owner: str | None, conversation_id: str) -> None:
+    async def delete_conversation(self, owner: str | None, conversation_id: str) -> list[str]:
+        """Delete it; the ids of the streams of its replies still streaming, to stop them."""
         async with self._write() as connection:
             await _conversation(connection, owner, conversation_id)
+            streaming = await connection.execute(
+                select(messages.c.stream_id).where(
+                    messages.c.conversation_id == conversation_id,
+                    messages.c.status == "streaming",
+                    messages.c.stream_id.is_not(None),
+                )
+            )
+            stream_ids = [row[0] for row in streaming]
             # Also done by the foreign key's ON DELETE CASCADE; explicit so it never depends
             # on SQLite's per-connection foreign_keys pragma.
             await connection.execute(
@@ -207,6 +216,7 @@ class Store:
             await connection.execute(
                 delete(conversations).where(conversations.c.id == conversation_id)
             )
+        return stream_ids
 
     async def set_title(self, conversation_id: str, title: str, *, replacing: str | None) -> bool:
         """Set the title only while it is still ``replacing`` (so a user's rename wins)."""

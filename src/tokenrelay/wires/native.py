@@ -71,7 +71,7 @@ async def start_stream(request: Request) -> EventStreamResponse:
 
 async def attach_stream(request: Request) -> EventStreamResponse:
     relay = services_of(request).relay
-    stream = relay.get(request.path_params["stream_id"], request.scope.get("user"))
+    stream = await relay.find(request.path_params["stream_id"], request.scope.get("user"))
     offset = last_event_id(request)
     if offset > len(stream.log.events) and stream.log.closed:
         raise errors.InvalidRequest(
@@ -87,7 +87,7 @@ async def attach_stream(request: Request) -> EventStreamResponse:
 
 async def cancel_stream(request: Request) -> Response:
     relay = services_of(request).relay
-    stream = relay.get(request.path_params["stream_id"], request.scope.get("user"))
+    stream = await relay.find(request.path_params["stream_id"], request.scope.get("user"))
     cancelled = stream.cancel(errors.Cancelled("the stream was cancelled by a client"))
     if stream.task is not None:
         # Answer once the generation has really stopped, so the caller can rely on it.

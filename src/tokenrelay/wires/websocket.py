@@ -128,7 +128,7 @@ class ChatSocket:
                 self.current.cancel(errors.Cancelled("the reply was cancelled by the client"))
         elif kind == "resume":
             resume = validate(Resume, data)
-            stream = self.relay.get(resume.stream_id, self.owner)
+            stream = await self.relay.find(resume.stream_id, self.owner)
             self._follow(stream, resume.last_event_id, turn=None)
         elif kind == "ping":
             await self.send({"type": "pong"})

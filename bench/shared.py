@@ -1,0 +1,137 @@
+"""``--only shared``: the stream log on Redis beside the in-process one, and ``--workers``.
+
+Resumable streams (the native wire, ``POST /v1/streams``) are the ones copied to Redis, so this
+section streams on that wire: a gateway with the in-process log against one with ``redis_url``
+(its stream log, and its limiter, on a redis-server of the bench's own), for added time to first
+token and CPU per 1,000 tokens; then tokens/s with ``tokenrelay serve --workers 2`` against one
+worker, both on Redis. A worker's CPU is not the parent's, so that row is wall-clock only.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import gateway, scenarios
+from bench.client import Client
+from bench.procs import Child, free_port, python
+from bench.workload import GATEWAY_MODEL, Target
+
+FAKE = "tokenrelay.testing.fake_openai"
+STREAMS = 100
+TOKENS = 200
+
+
+@dataclass
+class NativeTarget(Target):
+    def body(self, tokens: int, *, delay: float = 0.0, first_delay: float = 0.0) -> dict[str, Any]:
+        body = super().body(tokens, delay=delay, first_delay=first_delay)
+        del body["stream"]  # the native wire always streams
+        return body
+
+
+def _gateway(
+    name: str, out: Path, upstream_url: str, redis_url: str | None, workers: int = 1
+) -> tuple[Child, Target]:
+    where = out / name
+    where.mkdir(parents=True, exist_ok=True)
+    config = gateway.write_config(where / "gateway.toml", upstream_url, auth=True)
+    if redis_url is not None:
+        config.write_text(f'redis_url = "{redis_url}"\n' + config.read_text())
+    gateway.prepare_database(config)
+    key = gateway.create_key(config)
+    port = free_port()
+    argv = gateway.tokenrelay("serve", "--port", str(port), "--config", str(config))
+    child = Child(name, [*argv, "--workers", str(workers)], port, out / "logs")
+    client = Client(port, key, path="/v1/streams")
+    return child, NativeTarget(name, name, client, GATEWAY_MODEL, child)
+
+
+@contextmanager
+def _stopping(children: list[Child]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for child in reversed(children):
+            child.stop()
+
+
+async def measure(out: Path, plan: Any, warm_up: Any) -> dict[str, Any]:
+    redis_server = shutil.which("redis-server")
+    if redis_server is None:
+        return {"skipped": "redis-server is not installed"}
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    children: list[Child] = []
+    with _stopping(children):
+        port = free_port()
+        argv = python("-m", FAKE, "--port", str(port))
+        upstream = Child("shared-upstream", argv, port, out / "logs")
+        children.append(upstream)
+        redis_port = free_port()
+        redis = Child(
+            "shared-redis",
+            [redis_server, "--port", str(redis_port), "--save", "", "--appendonly", "no"],
+            redis_port,
+            out / "logs",
+        )
+        children.append(redis)
+        redis_url = f"redis://127.0.0.1:{redis_port}/0"
+        upstream_url = f"http://127.0.0.1:{port}/v1"
+        targets = []
+        for name, url, workers in (
+            ("in-process", None, 1),
+            ("redis", redis_url, 1),
+            ("redis-workers-2", redis_url, 2),
+        ):
+            child, target = _gateway(name, out, upstream_url, url, workers)
+            children.append(child)
+            targets.append(target)
+        for child in children:
+            child.wait_listening()
+        await warm_up(targets)
+        memory, shared, two = targets
+        ttft = await scenarios.time_to_first_token(
+            [memory, shared], plan.ttft_requests, plan.ttft_warmup
+        )
+        results: dict[str, Any] = {"ttft": ttft, "cpu": {}, "tokens_per_s": {}}
+        for target in (memory, shared):
+            results["cpu"][target.name] = await scenarios.cpu_per_token(
+                target, STREAMS, TOKENS, upstream, plan.cpu_min_tokens, plan.cpu_max_seconds
+            )
+        for target in (shared, two):
+            row = await scenarios.cpu_per_token(
+                target, STREAMS, TOKENS, upstream, plan.cpu_min_tokens, plan.cpu_max_seconds
+            )
+            results["tokens_per_s"][target.name] = {
+                "tokens_per_s": row["tokens_per_s"],
+                "failed": row["failed"],
+            }
+        return results
+
+
+def lines(results: dict[str, Any]) -> list[str]:
+    if "skipped" in results:
+        return [f"stream log on Redis: skipped ({results['skipped']})"]
+    ttft, cpu, rate = results["ttft"], results["cpu"], results["tokens_per_s"]
+    memory, shared = ttft["in-process"], ttft["redis"]
+    out = [
+        f"stream log on Redis (native wire, {STREAMS} streams x {TOKENS} tokens for CPU)",
+        "                                  in-process      redis",
+        f"  time to first token p50 (ms)    {memory['p50_ms']:>10.2f} {shared['p50_ms']:>10.2f}"
+        f"   (+{shared['p50_ms'] - memory['p50_ms']:.2f})",
+        f"  time to first token p99 (ms)    {memory['p99_ms']:>10.2f} {shared['p99_ms']:>10.2f}",
+        f"  CPU-s per 1,000 tokens          {cpu['in-process']['cpu_s_per_1k_tokens']:>10.4f}"
+        f" {cpu['redis']['cpu_s_per_1k_tokens']:>10.4f}",
+        f"  tokens/s, --workers 1 / 2       {rate['redis']['tokens_per_s']:>10,.0f}"
+        f" {rate['redis-workers-2']['tokens_per_s']:>10,.0f}"
+        f"   ({rate['redis-workers-2']['tokens_per_s'] / rate['redis']['tokens_per_s']:.2f}x)",
+    ]
+    failed = sum(row["failed"] for row in (*cpu.values(), *rate.values()))
+    failed += sum(row["failed"] for row in ttft.values())
+    if failed:
+        out.append(f"  WARNING: {failed} streams failed in this section")
+    return out
