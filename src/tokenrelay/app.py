@@ -8,13 +8,13 @@ import inspect
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
@@ -25,11 +25,13 @@ from tokenrelay.config import Settings, load_settings
 from tokenrelay.conversations import Conversations
 from tokenrelay.limits import Gate, RateLimitHeaders, build_limiter
 from tokenrelay.limits.ledger import Ledger
-from tokenrelay.metrics import render_metrics
+from tokenrelay.ops.cors import Cors
+from tokenrelay.ops.requests import RequestIds
+from tokenrelay.ops.wiring import CONTENT_TYPE, Operations
 from tokenrelay.providers import ProviderContext, build_provider
 from tokenrelay.providers.base import WORKER_STATES
 from tokenrelay.relay import Relay
-from tokenrelay.store import Accounts, Store, open_store
+from tokenrelay.store import Accounts, open_store
 from tokenrelay.wires import (
     admin,
     anthropic,
@@ -43,9 +45,11 @@ from tokenrelay.wires import (
 from tokenrelay.wires.http import JSONResponse, error_response, internal_error_response
 from tokenrelay.wires.lanes import Handler, Lanes
 
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+
 logger = logging.getLogger("tokenrelay")
 Call = TypeVar("Call", bound=Callable[..., Any])
-READY_DB_TIMEOUT = 2.0
 
 
 def _marked_coroutine_function(function: Call) -> Call:
@@ -77,8 +81,10 @@ class TokenRelayApp(Starlette):
         return self.lanes.serve(handler, scope, receive, send)
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+def create_app(settings: Settings | None = None, *, tracer: Tracer | None = None) -> Starlette:
+    """The app; ``tracer`` traces it (by default the ``OTEL_*`` environment's, if any)."""
     settings = settings or load_settings()
+    cors = Cors(settings.cors)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -104,11 +110,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
             app.state.relay.admission = gate
             app.state.relay.finish_hooks.append(gate.finished)
             gate.start()
+            app.state.ops = ops = Operations(settings, app.state.relay, store, gate, tracer)
+            await ops.start()
             try:
                 yield
             finally:
                 for task in preparing:
                     task.cancel()
+                await ops.aclose()
                 await app.state.relay.shutdown()
                 await app.state.conversations.aclose()
                 await gate.aclose()
@@ -170,12 +179,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/static/{name}", page.static, methods=["GET"]),
     ]
     return TokenRelayApp(
-        Lanes({("POST", p): h for p, h in stream_starts.items()}, settings.auth),
+        Lanes({("POST", p): h for p, h in stream_starts.items()}, settings.auth, cors),
         routes=routes,
         lifespan=lifespan,
         middleware=[
+            # Outermost: a preflight carries no credentials.
+            *([cors.middleware()] if cors.enabled else []),
             Middleware(AuthMiddleware, settings=settings.auth),
             Middleware(RateLimitHeaders),
+            # Inside RateLimitHeaders, whose per-request dict carries X-Request-Id back.
+            Middleware(RequestIds),
         ],
         exception_handlers={
             errors.TokenRelayError: _relay_error,
@@ -216,31 +229,37 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     relay: Relay = request.app.state.relay
-    store: Store = request.app.state.store
-    try:
-        async with asyncio.timeout(READY_DB_TIMEOUT):
-            await store.ping()
-    except Exception:
-        logger.warning("readiness: the database did not answer", exc_info=True)
-        return JSONResponse({"status": "unavailable", "database": "unreachable"}, status_code=503)
-    # A local model's worker that is down is shown, not a reason to take the instance out
-    # of rotation: every other model still answers, and the supervisor brings it back.
-    workers = Counter(
-        health.state
-        for provider in relay.providers.values()
-        if (health := provider.worker_health()) is not None
-    )
+    ops: Operations = request.app.state.ops
+    if relay.closing:
+        # Out of rotation at once on SIGTERM, while the streams in flight drain.
+        return JSONResponse({"status": "draining"}, status_code=503)
+    found = await ops.readiness.check()
+    # A local model's worker that is down is shown and named, not a reason to take the
+    # instance out of rotation: every other model still answers, and the supervisor brings
+    # it back.
+    workers = ops.workers()
+    down = [name for name, up in found.items() if not up]
+    down += [f"worker:{name}" for name, health in workers.items() if health.state != "ready"]
+    counts = Counter(health.state for health in workers.values())
+    dependencies = {name: "ok" if up else "unreachable" for name, up in found.items()}
+    if not all(found.values()):
+        return JSONResponse(
+            {"status": "unavailable", **dependencies, "down": down}, status_code=503
+        )
     return JSONResponse(
         {
             "status": "ready",
             # How many models, never their names: /readyz answers without credentials.
             "models": len(relay.providers),
-            "database": "ok",
-            "workers": {state: workers[state] for state in WORKER_STATES},
+            **dependencies,
+            "workers": {state: counts[state] for state in WORKER_STATES},
+            "down": down,
         }
     )
 
 
 async def metrics(request: Request) -> Response:
-    relay: Relay = request.app.state.relay
-    return PlainTextResponse(render_metrics(relay), media_type="text/plain; version=0.0.4")
+    ops: Operations = request.app.state.ops
+    if ops.metrics is None:
+        return error_response(errors.NotFound("metrics are turned off (observability.metrics)"))
+    return Response(await ops.render(), media_type=CONTENT_TYPE)

@@ -34,6 +34,7 @@ from tokenrelay.chat import ChatRequest, Message
 from tokenrelay.conversations import Conversations
 from tokenrelay.conversations import Turn as StoredTurn
 from tokenrelay.events import Event, Failed, Finish, Opened, Queued, TextDelta, Usage
+from tokenrelay.ops.context import next_message
 from tokenrelay.relay import Relay, Stream
 from tokenrelay.relay.log import coalesce
 from tokenrelay.wires.body import check_max_tokens, check_messages
@@ -147,6 +148,7 @@ class ChatSocket:
     async def start(self, turn: Turn) -> None:
         # Checked before a stream starts, so a refused turn costs no generation.
         self._check_idle()
+        next_message()
         conversation_id = turn.conversation_id or self.conversation_id
         if conversation_id is not None:
             conversations: Conversations = self.websocket.app.state.conversations
