@@ -80,7 +80,7 @@ async def serve_process(
         str(config),
         env={**os.environ, **(env or {})},
         stdout=stdout,
-        stderr=asyncio.subprocess.DEVNULL,
+        stderr=None if os.environ.get("TR_DEBUG") else asyncio.subprocess.DEVNULL,
     )
     try:
         yield ServeProcess(process, port)

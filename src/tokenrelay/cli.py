@@ -104,6 +104,7 @@ def serve_forever(settings: Settings, first_key: str | None = None) -> int:
     server = GatewayServer(
         uvicorn_config(create_app(settings), settings, loop="uvloop"),
         send_timeout=settings.streams.send_timeout,
+        drain_timeout=settings.server.drain_timeout,
     )
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     print(f"tokenrelay is listening on http://{host}:{settings.port}/", flush=True)
