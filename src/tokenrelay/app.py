@@ -117,8 +117,9 @@ def create_app(settings: Settings | None = None, *, tracer: Tracer | None = None
             finally:
                 for task in preparing:
                     task.cancel()
-                await ops.aclose()
                 await app.state.relay.shutdown()
+                # After the relay: the spans of the streams it stopped are exported too.
+                await ops.aclose()
                 await app.state.conversations.aclose()
                 await gate.aclose()
                 for provider in providers.values():

@@ -53,6 +53,17 @@ def tracer_from_environment() -> Tracer | None:
     return tracer
 
 
+def flush() -> None:
+    """Export the spans still batched, at shutdown: the process may end by a signal, which
+    skips the SDK's own flush at exit. It blocks, once, when nothing else is left to run."""
+    if _configured:
+        from opentelemetry import trace
+
+        flush = getattr(trace.get_tracer_provider(), "force_flush", None)
+        if flush is not None:
+            flush(2000)
+
+
 class Tracing:
     """Spans for one app, from a tracer (the environment's, or a test's own)."""
 

@@ -7,11 +7,10 @@ from typing import TYPE_CHECKING
 
 from tokenrelay.config import Settings
 from tokenrelay.limits import Gate
-from tokenrelay.ops import logs, scrape
+from tokenrelay.ops import logs, scrape, tracing
 from tokenrelay.ops.metrics import CONTENT_TYPE, LiveStream, Metrics
 from tokenrelay.ops.observer import Observer
 from tokenrelay.ops.readiness import Readiness
-from tokenrelay.ops.tracing import Tracing, tracer_from_environment
 from tokenrelay.providers.base import WorkerHealth
 from tokenrelay.relay import Relay
 from tokenrelay.store import Store
@@ -30,10 +29,10 @@ class Operations:
         logs.configure(settings)
         self.relay = relay
         self.metrics = Metrics() if options.metrics else None
-        tracer = tracer or tracer_from_environment()
-        tracing = Tracing(tracer, content=options.trace_content) if tracer else None
-        if self.metrics is not None or tracing is not None:
-            observer = Observer(self.metrics, tracing, content=options.trace_content)
+        tracer = tracer or tracing.tracer_from_environment()
+        spans = tracing.Tracing(tracer, content=options.trace_content) if tracer else None
+        if self.metrics is not None or spans is not None:
+            observer = Observer(self.metrics, spans, content=options.trace_content)
             relay.observer = observer
             relay.finish_hooks.append(observer.ended)
         checks = {"database": store.ping}
@@ -55,6 +54,7 @@ class Operations:
             )
 
     async def aclose(self) -> None:
+        tracing.flush()
         if self._scraper is not None:
             self._scraper.close()
             await self._scraper.wait_closed()
