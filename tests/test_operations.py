@@ -42,7 +42,10 @@ async def test_a_stream_is_counted_timed_and_labelled_by_wire_model_and_outcome_
     monkeypatch: pytest.MonkeyPatch, http: aiohttp.ClientSession
 ) -> None:
     async with through_fake(monkeypatch) as (gateway, fake):
-        body = {**asking(tokens=["one", " two", " three", " four", " five"], delay=0.01), "stream": True}
+        body = {
+            **asking(tokens=["one", " two", " three", " four", " five"], delay=0.01),
+            "stream": True,
+        }
         headers = {"X-Request-Id": "client-trace-42"}
         async with http.post(
             f"{gateway.url}/v1/chat/completions", json=body, headers=headers
