@@ -52,6 +52,7 @@ class Sources:
     """What the gauges read at scrape time (set by the app)."""
 
     streams: Callable[[], Iterable[LiveStream]] = lambda: ()
+    models: tuple[str, ...] = ()  # configured: each has a live-streams gauge, 0 included
     workers: Callable[[], Mapping[str, WorkerHealth]] = dict
     # dependency name -> 1 up / 0 down, as the last readiness check found it
     dependencies: dict[str, int] = field(default_factory=dict)
@@ -111,8 +112,8 @@ class LiveCollector:
         family = GaugeMetricFamily(
             "tokenrelay_live_streams", "Streams generating now, by model.", labels=["model"]
         )
-        for model, count in live.items():
-            family.add_metric([model], count)
+        for model in dict.fromkeys((*self.sources.models, *live)):
+            family.add_metric([model], live[model])
         yield family
         yield GaugeMetricFamily(
             "tokenrelay_stream_viewers",

@@ -42,6 +42,7 @@ class Operations:
         if self.metrics is not None:
             sources = self.metrics.sources
             sources.streams = self._streams
+            sources.models = tuple(relay.providers)
             sources.workers = self.workers
             sources.dependencies = self.readiness.last
         self._settings = options
