@@ -56,7 +56,8 @@ async def test_a_title_generation_is_admitted_like_the_users_own_requests(
         database_url=database_url,
         models=models,
         conversations={"title_model": "titler"},
-        rate_limits={"requests_per_minute": 1},
+        # One for the new conversation (it counts too), one for the reply.
+        rate_limits={"requests_per_minute": 2},
     ) as gateway:
         cid = await create(http, gateway)
         await post_turn(http, gateway, cid, turn("where to eat?", text="Bouchon"))
@@ -64,5 +65,6 @@ async def test_a_title_generation_is_admitted_like_the_users_own_requests(
         async with http.get(f"{gateway.url}/v1/conversations/{cid}") as response:
             title = (await response.json())["title"]
 
-    # The reply took the minute's one request: the title model was refused, not run for free.
+    # The conversation and the reply took the minute's requests: the title model was refused,
+    # not run for free.
     assert title == "where to eat?"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -16,17 +18,27 @@ from tokenrelay.store import Store
 CONFIG = '[models.demo]\nprovider = "scripted"\n\n[server]\ndrain_timeout = {drain}\n'
 
 
-async def _start_reply(
-    http: aiohttp.ClientSession, served: ServeProcess, tokens: int
-) -> tuple[aiohttp.ClientResponse, str]:
-    async with http.post(f"{served.url}/v1/conversations", json={}) as response:
-        cid = (await response.json())["id"]
-    response = await http.post(
-        f"{served.url}/v1/conversations/{cid}/messages",
-        json=turn(tokens=[w + " " for w in words(tokens)], delay=0.1),
-    )
-    assert response.status == 200, await response.text()
-    return response, response.headers["X-Message-Id"]
+@contextlib.asynccontextmanager
+async def replying(
+    http: aiohttp.ClientSession, tmp_path: Path, *, drain: float, tokens: int
+) -> AsyncIterator[tuple[ServeProcess, aiohttp.ClientResponse, str]]:
+    """A real process with ``drain_timeout = drain``, streaming a stored reply of ``tokens``
+    tokens, 0.1 s apart; the process, the reply's response and its message id."""
+    config = tmp_path / "tokenrelay.toml"
+    config.write_text(CONFIG.format(drain=drain))
+    async with serve_process(config) as served:
+        await served.until_listening(http)
+        async with http.post(f"{served.url}/v1/conversations", json={}) as response:
+            cid = (await response.json())["id"]
+        response = await http.post(
+            f"{served.url}/v1/conversations/{cid}/messages",
+            json=turn(tokens=[w + " " for w in words(tokens)], delay=0.1),
+        )
+        assert response.status == 200, await response.text()
+        yield served, response, response.headers["X-Message-Id"]
+        response.close()
+        async with asyncio.timeout(15):
+            await served.process.wait()
 
 
 async def _stored_status(database_url: str, message_id: str) -> tuple[str, str]:
@@ -41,11 +53,7 @@ async def _stored_status(database_url: str, message_id: str) -> tuple[str, str]:
 async def test_sigterm_drains_a_stream_in_flight_while_readyz_and_new_streams_refuse(
     http: aiohttp.ClientSession, tmp_path: Path, default_database: str
 ) -> None:
-    config = tmp_path / "tokenrelay.toml"
-    config.write_text(CONFIG.format(drain=20))
-    async with serve_process(config) as served:
-        await served.until_listening(http)
-        response, message_id = await _start_reply(http, served, tokens=25)
+    async with replying(http, tmp_path, drain=20, tokens=25) as (served, response, message_id):
         events = read_sse(response)
         text = ""
         async for event in events:
@@ -66,9 +74,6 @@ async def test_sigterm_drains_a_stream_in_flight_while_readyz_and_new_streams_re
             last = event.event
             if event.event == "token":
                 text += event.json()["text"]
-        response.close()
-        async with asyncio.timeout(15):
-            await served.process.wait()
     status, stored = await _stored_status(default_database, message_id)
 
     assert readiness == (503, {"status": "draining"})
@@ -82,11 +87,7 @@ async def test_sigterm_drains_a_stream_in_flight_while_readyz_and_new_streams_re
 async def test_a_stream_longer_than_the_drain_timeout_ends_with_server_shutdown_stored_interrupted(
     http: aiohttp.ClientSession, tmp_path: Path, default_database: str
 ) -> None:
-    config = tmp_path / "tokenrelay.toml"
-    config.write_text(CONFIG.format(drain=1))
-    async with serve_process(config) as served:
-        await served.until_listening(http)
-        response, message_id = await _start_reply(http, served, tokens=200)
+    async with replying(http, tmp_path, drain=1, tokens=200) as (served, response, message_id):
         events = read_sse(response)
         text = ""
         last = None
@@ -96,9 +97,6 @@ async def test_a_stream_longer_than_the_drain_timeout_ends_with_server_shutdown_
                     served.process.send_signal(signal.SIGTERM)
                 text += event.json()["text"]
             last = event
-        response.close()
-        async with asyncio.timeout(15):
-            await served.process.wait()
     status, stored = await _stored_status(default_database, message_id)
 
     assert last is not None and last.event == "error"
