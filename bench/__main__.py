@@ -37,6 +37,11 @@ from bench.workload import GATEWAY_MODEL, UPSTREAM_MODEL, Target
 FAKE = "tokenrelay.testing.fake_openai"
 
 OUT_DIR = Path(".bench")
+# Column: (label, metrics on, tracing on). The plain "tokenrelay" column runs the defaults.
+OPS_COLUMNS = {
+    "ops_off": ("metrics+traces off", False, False),
+    "ops_on": ("metrics+traces on", True, True),
+}
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,11 @@ def main() -> int:
     parser.add_argument("--streams", type=int, help="slow streams to hold open (default 1000)")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive FastAPI proxy")
     parser.add_argument(
+        "--no-ops",
+        action="store_true",
+        help="skip the gateways with metrics and tracing both off and both on",
+    )
+    parser.add_argument(
         "--only",
         default="ttft,cpu,slow,clients,shared,local",
         help="comma-separated sections to run (ttft, cpu, slow, clients, shared, local)",
@@ -114,8 +124,18 @@ def main() -> int:
     results: dict[str, Any] = {
         "machine": machine,
         "plan": {**plan.__dict__, "slow_ramp": plan.slow_ramp, "quick": args.quick},
-        "columns": ["direct", "tokenrelay", *(["naive"] if naive else [])],
-        "labels": {"direct": "direct", "tokenrelay": "tokenrelay", "naive": "naive proxy"},
+        "columns": [
+            "direct",
+            "tokenrelay",
+            *([] if args.no_ops else list(OPS_COLUMNS)),
+            *(["naive"] if naive else []),
+        ],
+        "labels": {
+            "direct": "direct",
+            "tokenrelay": "tokenrelay",
+            "naive": "naive proxy",
+            **{name: label for name, (label, _, _) in OPS_COLUMNS.items()},
+        },
     }
     started = time.monotonic()
     run = asyncio.run
@@ -124,7 +144,7 @@ def main() -> int:
         import uvloop
 
         run = uvloop.run
-    run(_run(plan, sections, naive, results))
+    run(_run(plan, sections, naive, results, ops=not args.no_ops))
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     # Other work on the machine shows in every figure; the load says how much there was.
     results["machine"]["load_after"] = [round(x, 2) for x in os.getloadavg()]
@@ -153,9 +173,11 @@ def main() -> int:
     return 0
 
 
-async def _run(plan: Plan, sections: set[str], naive: bool, results: dict[str, Any]) -> None:
+async def _run(
+    plan: Plan, sections: set[str], naive: bool, results: dict[str, Any], *, ops: bool
+) -> None:
     if "ttft" in sections or "cpu" in sections:
-        with _processes(naive, results) as (upstream, targets):
+        with _processes(naive, results, ops=ops) as (upstream, targets):
             await _warm_up(targets)
             if "ttft" in sections:
                 _progress("time to first token")
@@ -208,8 +230,11 @@ def _progress(what: str) -> None:
 
 
 @contextlib.contextmanager
-def _processes(naive: bool, results: dict[str, Any]) -> Iterator[tuple[Child, list[Target]]]:
-    """The upstream, the gateway and maybe the naive proxy, each ended by PID on the way out."""
+def _processes(
+    naive: bool, results: dict[str, Any], *, ops: bool = False
+) -> Iterator[tuple[Child, list[Target]]]:
+    """The upstream, the gateway and maybe the naive proxy, each ended by PID on the way out;
+    with ``ops``, two more gateways: metrics and tracing both off, and both on."""
     logs = OUT_DIR / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     children: list[Child] = []
@@ -229,6 +254,7 @@ def _processes(naive: bool, results: dict[str, Any]) -> Iterator[tuple[Child, li
         key = gateway.create_key(config)
         tokenrelay = gateway.start(config, logs)
         children.append(tokenrelay)
+        observed = _ops_gateways(upstream_url, logs, children) if ops else {}
         for child in children:
             child.wait_listening()
         key = key or gateway.key_in_log(tokenrelay)
@@ -249,6 +275,10 @@ def _processes(naive: bool, results: dict[str, Any]) -> Iterator[tuple[Child, li
                 "tokenrelay", "tokenrelay", Client(tokenrelay.port, key), GATEWAY_MODEL, tokenrelay
             ),
         ]
+        targets += [
+            Target(name, OPS_COLUMNS[name][0], Client(child.port, key), GATEWAY_MODEL, child)
+            for name, child in observed.items()
+        ]
         if proxy is not None:
             targets.append(
                 Target("naive", "naive proxy", Client(proxy.port), UPSTREAM_MODEL, proxy)
@@ -257,6 +287,29 @@ def _processes(naive: bool, results: dict[str, Any]) -> Iterator[tuple[Child, li
     finally:
         for child in reversed(children):
             child.stop()
+
+
+def _ops_gateways(upstream_url: str, logs: Path, children: list[Child]) -> dict[str, Child]:
+    """Gateways on the same database (so the same key) with metrics and tracing off, and on:
+    spans exported over OTLP/HTTP to a sink that drops them, every request sampled."""
+    port = free_port()
+    sink = Child("otlp-sink", python("-m", "bench.otlp_sink", "--port", str(port)), port, logs)
+    children.append(sink)
+    found = {}
+    for name, (_, metrics, tracing) in OPS_COLUMNS.items():
+        config = gateway.write_config(
+            OUT_DIR / f"gateway-{name}.toml", upstream_url, auth=True, metrics=metrics
+        )
+        env = {"OTEL_TRACES_EXPORTER": "none"}
+        if tracing:
+            env = {
+                "OTEL_TRACES_EXPORTER": "otlp",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.port}",
+                "OTEL_SERVICE_NAME": "tokenrelay-bench",
+            }
+        found[name] = gateway.start(config, logs, name=f"tokenrelay-{name}", env=env)
+        children.append(found[name])
+    return found
 
 
 def _clients(quick: bool) -> dict[str, Any]:

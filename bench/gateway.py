@@ -28,7 +28,8 @@ QUOTAS = {
 SERVER = {"max_connections": 100_000}
 
 
-def write_config(path: Path, upstream_url: str, *, auth: bool) -> Path:
+def write_config(path: Path, upstream_url: str, *, auth: bool, metrics: bool | None = None) -> Path:
+    """``metrics`` None: this tokenrelay's default; True or False: said in the config."""
     from tokenrelay.config import Settings
 
     lines = [
@@ -46,6 +47,8 @@ def write_config(path: Path, upstream_url: str, *, auth: bool) -> Path:
         lines += ["", "[rate_limits]", *(f"{k} = {v}" for k, v in QUOTAS.items())]
     if "server" in Settings.model_fields:
         lines += ["", "[server]", *(f"{k} = {v}" for k, v in SERVER.items())]
+    if metrics is not None and "observability" in Settings.model_fields:
+        lines += ["", "[observability]", f"metrics = {str(metrics).lower()}"]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -77,10 +80,12 @@ def key_in_log(child: Child, timeout: float = 3.0) -> str | None:
     return None
 
 
-def start(config: Path, logs: Path) -> Child:
+def start(
+    config: Path, logs: Path, name: str = "tokenrelay", env: dict[str, str] | None = None
+) -> Child:
     port = free_port()
     argv = tokenrelay("serve", "--port", str(port), "--config", str(config))
-    return Child("tokenrelay", argv, port, logs)
+    return Child(name, argv, port, logs, env)
 
 
 def tokenrelay(*args: str) -> list[str]:

@@ -40,7 +40,14 @@ def free_port() -> int:
 class Child:
     """A process started by the benchmark, listening on ``127.0.0.1:port``."""
 
-    def __init__(self, name: str, argv: Sequence[str], port: int, log_dir: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        port: int,
+        log_dir: Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.port = port
         self.log_path = log_dir / f"{name}.log"
@@ -50,7 +57,7 @@ class Child:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
         self.pid = self.proc.pid
 

@@ -71,9 +71,11 @@ def settings(**overrides: Any) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def serve(config: Settings | None = None, **overrides: Any) -> AsyncIterator[Gateway]:
+async def serve(
+    config: Settings | None = None, tracer: Any = None, **overrides: Any
+) -> AsyncIterator[Gateway]:
     config = config or settings(**overrides)
-    app = create_app(config)
+    app = create_app(config, tracer=tracer)
     sock = free_socket()
     server = _QuietServer(
         uvicorn_config(app, config, log_level="warning"),

@@ -82,7 +82,7 @@ async def serve_process(
         *args,
         env={**os.environ, **(env or {})},
         stdout=stdout,
-        stderr=asyncio.subprocess.DEVNULL,
+        stderr=None if os.environ.get("TR_DEBUG") else asyncio.subprocess.DEVNULL,
     )
     try:
         yield ServeProcess(process, port)

@@ -451,7 +451,10 @@ async def test_readyz_pings_the_database(http: aiohttp.ClientSession, database_u
     assert ready[0] == 200 and ready[1]["database"] == "ok"
     # /readyz answers without credentials: how many models, never their names.
     assert ready[1]["models"] == 1
-    assert unready == (503, {"status": "unavailable", "database": "unreachable", "limiter": "ok"})
+    assert unready == (
+        503,
+        {"status": "unavailable", "database": "unreachable", "down": ["database"]},
+    )
 
 
 def _broken_engine() -> Any:

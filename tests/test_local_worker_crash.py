@@ -174,8 +174,8 @@ async def test_a_worker_that_keeps_crashing_is_refused_with_retry_after_until_it
     assert while_down["workers"]["restarting"] == 1
     assert when_back["workers"]["ready"] == 1
     assert again.code is None and again.text
-    assert 'tokenrelay_local_worker_restarts_total{model="smollm2"} 3' in exposition
-    assert 'tokenrelay_local_worker_state{model="smollm2",state="ready"} 1' in exposition
+    assert 'tokenrelay_local_worker_restarts_total{model="smollm2"} 3.0' in exposition
+    assert 'tokenrelay_local_worker_state{model="smollm2",state="ready"} 1.0' in exposition
 
 
 async def test_a_cancelled_reply_stops_the_worker_within_a_token_across_the_process_boundary(

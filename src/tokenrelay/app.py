@@ -7,7 +7,7 @@ import contextlib
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -23,10 +23,15 @@ from tokenrelay.auth import AuthMiddleware
 from tokenrelay.config import Settings, load_settings
 from tokenrelay.http.errors import error_response, internal_error_response
 from tokenrelay.limits import RateLimitHeaders
+from tokenrelay.ops.cors import Cors
+from tokenrelay.ops.requests import RequestIds
 from tokenrelay.services import running
 from tokenrelay.serving.lanes import Handler, Lanes
 from tokenrelay.web import page
 from tokenrelay.wires import anthropic, native, openai, seed, websocket
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 logger = logging.getLogger("tokenrelay")
 Call = TypeVar("Call", bound=Callable[..., Any])
@@ -67,12 +72,14 @@ class TokenRelayApp(Starlette):
         return self.lanes.serve(handler, scope, receive, send)
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+def create_app(settings: Settings | None = None, *, tracer: Tracer | None = None) -> Starlette:
+    """The app; ``tracer`` traces it (by default the ``OTEL_*`` environment's, if any)."""
     settings = settings or load_settings()
+    cors = Cors(settings.cors)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with running(settings) as services:
+        async with running(settings, tracer) as services:
             app.state.services = services
             yield
 
@@ -128,12 +135,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/static/{name}", page.static, methods=["GET"]),
     ]
     return TokenRelayApp(
-        Lanes({("POST", p): h for p, h in stream_starts.items()}, settings.auth),
+        Lanes({("POST", p): h for p, h in stream_starts.items()}, settings.auth, cors),
         routes=routes,
         lifespan=lifespan,
         middleware=[
+            # Outermost: a preflight carries no credentials.
+            *([cors.middleware()] if cors.enabled else []),
             Middleware(AuthMiddleware, settings=settings.auth),
             Middleware(RateLimitHeaders),
+            # Inside RateLimitHeaders, whose per-request dict carries X-Request-Id back.
+            Middleware(RequestIds),
         ],
         exception_handlers={
             errors.TokenRelayError: _relay_error,

@@ -126,6 +126,7 @@ def serve_forever(
     server = GatewayServer(
         uvicorn_config(create_app(settings), settings, loop="uvloop"),
         send_timeout=settings.streams.send_timeout,
+        drain_timeout=settings.server.drain_timeout,
     )
     if worker_fd is None:
         announce(settings, first_key)

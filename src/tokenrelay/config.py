@@ -112,6 +112,30 @@ class ServerSettings(_Strict):
     idle_timeout: float = Field(default=5.0, gt=0)
     # Open connections of this process, WebSockets and streams included; past it a 503.
     max_connections: int = Field(default=4_096, gt=0)
+    # After a SIGTERM, how long streams in flight may go on before they are stopped: under
+    # the 30 s an orchestrator usually waits before its SIGKILL.
+    drain_timeout: float = Field(default=25.0, ge=0)
+
+
+class CorsSettings(_Strict):
+    """Browser pages on other origins allowed to call the API (none by default)."""
+
+    allowed_origins: list[str] = Field(default_factory=list)
+
+
+class ObservabilitySettings(_Strict):
+    """Metrics, the log line at each stream's end, and what traces may carry."""
+
+    metrics: bool = True
+    # A second listener that answers /metrics alone, without credentials, for a scraper on
+    # a private network; 0: off.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+    log_format: Literal["text", "json"] = "text"
+    # Message text in spans: off by default, as traces often leave the trust boundary.
+    trace_content: bool = False
+    # Each dependency /readyz pings must answer within this.
+    ready_timeout: float = Field(default=1.0, gt=0)
 
 
 class StreamSettings(_Strict):
@@ -295,6 +319,8 @@ class Settings(BaseSettings):
     database_url: str | None = None
     auth: AuthSettings = Field(default_factory=AuthSettings)
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    cors: CorsSettings = Field(default_factory=CorsSettings)
+    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
     # Shared rate, concurrency and budget counters (the ``redis`` extra); in-process without.
     redis_url: str | None = None
     log_level: str = "info"

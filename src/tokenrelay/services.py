@@ -1,18 +1,16 @@
 """The services an app runs on, made once in its lifespan and typed for every route.
 
 Routes read them through :func:`services_of` (never ``app.state``'s untyped attributes);
-each service that reaches something outside the process has a ``ping`` that ``/readyz`` calls
-with a short timeout.
+``/readyz`` pings each dependency outside the process (:mod:`tokenrelay.ops.readiness`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tokenrelay.auth import Authenticator
 from tokenrelay.client import Client
@@ -20,12 +18,13 @@ from tokenrelay.config import Settings
 from tokenrelay.conversations.service import Conversations
 from tokenrelay.limits import Gate, build_limiter
 from tokenrelay.limits.ledger import Ledger
+from tokenrelay.ops.wiring import Operations
 from tokenrelay.providers import Provider, ProviderContext, build_provider
-from tokenrelay.providers.base import WORKER_STATES
 from tokenrelay.relay import Relay
 from tokenrelay.store import Accounts, Store, open_store
 
-PING_TIMEOUT = 2.0
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 
 @dataclass(slots=True)
@@ -39,39 +38,15 @@ class Services:
     accounts: Accounts
     authenticator: Authenticator
     gate: Gate
-
-    def pings(self) -> dict[str, Callable[[], Awaitable[None]]]:
-        """What ``/readyz`` checks: each dependency outside this process."""
-        return {"database": self.store.ping, "limiter": self.gate.limiter.ping}
-
-    async def readiness(self) -> dict[str, str]:
-        """``ok`` or ``unreachable`` for each ping, each bounded by :data:`PING_TIMEOUT`."""
-
-        async def outcome(ping: Callable[[], Awaitable[None]]) -> str:
-            try:
-                async with asyncio.timeout(PING_TIMEOUT):
-                    await ping()
-            except Exception:
-                return "unreachable"
-            return "ok"
-
-        pings = self.pings()
-        results = await asyncio.gather(*(outcome(ping) for ping in pings.values()))
-        return dict(zip(pings, results, strict=True))
-
-    def workers(self) -> dict[str, int]:
-        """The providers' worker processes (the local models), counted by state."""
-        states = Counter(
-            health.state
-            for provider in self.providers.values()
-            if (health := provider.worker_health()) is not None
-        )
-        return {state: states[state] for state in WORKER_STATES}
+    # Metrics, traces, logs and readiness: what an operator sees of all of the above.
+    ops: Operations
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Services]:
-    """Make every service, start what runs in the background, and close all on the way out."""
+async def running(settings: Settings, tracer: Tracer | None = None) -> AsyncIterator[Services]:
+    """Make every service, start what runs in the background, and close all on the way out.
+
+    ``tracer`` traces the app (by default the ``OTEL_*`` environment's, if any)."""
     store = await open_store(settings)
     http = Client(max_head=settings.limits.upstream_max_head_bytes)
     try:
@@ -90,6 +65,7 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
             relay.shared = SharedLog(settings, relay.streams.get, prefix="tokenrelay:s")
             relay.shared.start()
         conversations = Conversations(store, relay, settings)
+        ops = Operations(settings, relay, store, gate, tracer)
         services = Services(
             settings=settings,
             store=store,
@@ -100,15 +76,19 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
             accounts=accounts,
             authenticator=Authenticator(settings.auth, accounts),
             gate=gate,
+            ops=ops,
         )
         conversations.start()
         gate.start()
+        await ops.start()
         try:
             yield services
         finally:
             for task in preparing:
                 task.cancel()
             await relay.shutdown()
+            # After the relay: the spans of the streams it stopped are exported too.
+            await ops.aclose()
             await conversations.aclose()
             if relay.shared is not None:
                 await relay.shared.aclose()

@@ -16,7 +16,7 @@ ROOT = Path(tokenrelay.__file__).parent
 
 # Lowest first. A unit imports only from its own layer's units' lower layers and its own unit.
 LAYERS: list[set[str]] = [
-    {"errors", "events", "chat", "tokens"},
+    {"errors", "events", "chat", "tokens", "telemetry"},
     {"config", "redis_pool"},
     {"client"},
     {"providers"},
@@ -24,8 +24,9 @@ LAYERS: list[set[str]] = [
     {"store"},
     {"auth", "limits"},
     {"conversations"},
+    {"ops"},
     {"services"},
-    {"http", "metrics"},
+    {"http"},
     {"wires", "api", "web"},
     {"serving"},
     {"app"},

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import logging
+from collections import Counter
 
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import Response
 
+from tokenrelay import errors
+from tokenrelay.http.errors import error_response
 from tokenrelay.http.responses import JSONResponse
-from tokenrelay.metrics import render_metrics
+from tokenrelay.ops.wiring import CONTENT_TYPE
+from tokenrelay.providers.base import WORKER_STATES
 from tokenrelay.services import services_of
-
-logger = logging.getLogger("tokenrelay")
 
 
 async def healthz(request: Request) -> Response:
@@ -20,24 +21,36 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     services = services_of(request)
-    checks = await services.readiness()
-    down = [name for name, outcome in checks.items() if outcome != "ok"]
-    if down:
-        logger.warning("readiness: %s did not answer", ", ".join(down))
-        return JSONResponse({"status": "unavailable", **checks}, status_code=503)
-    # A local model's worker that is down is shown, not a reason to take the instance out
-    # of rotation: every other model still answers, and the supervisor brings it back.
+    if services.relay.closing:
+        # Out of rotation at once on SIGTERM, while the streams in flight drain.
+        return JSONResponse({"status": "draining"}, status_code=503)
+    found = await services.ops.readiness.check()
+    # A local model's worker that is down is shown and named, not a reason to take the
+    # instance out of rotation: every other model still answers, and the supervisor brings
+    # it back.
+    workers = services.ops.workers()
+    down = [name for name, up in found.items() if not up]
+    down += [f"worker:{name}" for name, health in workers.items() if health.state != "ready"]
+    counts = Counter(health.state for health in workers.values())
+    dependencies = {name: "ok" if up else "unreachable" for name, up in found.items()}
+    if not all(found.values()):
+        return JSONResponse(
+            {"status": "unavailable", **dependencies, "down": down}, status_code=503
+        )
     return JSONResponse(
         {
             "status": "ready",
             # How many models, never their names: /readyz answers without credentials.
             "models": len(services.providers),
-            **checks,
-            "workers": services.workers(),
+            **dependencies,
+            "workers": {state: counts[state] for state in WORKER_STATES},
+            "down": down,
         }
     )
 
 
 async def metrics(request: Request) -> Response:
-    relay = services_of(request).relay
-    return PlainTextResponse(render_metrics(relay), media_type="text/plain; version=0.0.4")
+    ops = services_of(request).ops
+    if ops.metrics is None:
+        return error_response(errors.NotFound("metrics are turned off (observability.metrics)"))
+    return Response(await ops.render(), media_type=CONTENT_TYPE)

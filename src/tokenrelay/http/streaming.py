@@ -149,6 +149,7 @@ class EventStreamResponse:
                 if not await self._start(scope, send):
                     return
                 offset = self.offset
+                telemetry = stream.telemetry
                 loop = asyncio.get_running_loop()
                 # One deadline, one timer, for both clocks a response keeps: while it waits
                 # for events, the next ping; while it sends, the send timeout.
@@ -159,6 +160,8 @@ class EventStreamResponse:
                             batch = log.read(offset, MAX_WRITE_CHARS)
                             data = self.encoder.encode(batch, offset + 1)
                             offset += len(batch)
+                            if telemetry is not None and telemetry.delivered is None:
+                                telemetry.delivering()
                             if data and not await self._send_within(send, data, deadline):
                                 return
                             continue

@@ -18,6 +18,7 @@ import orjson
 
 from tokenrelay import errors
 from tokenrelay.client import Client, ClientError, ConnectFailed, Disconnected, Response
+from tokenrelay.telemetry import sending_upstream
 
 MAX_UPSTREAM_TEXT = 500
 
@@ -96,7 +97,9 @@ async def open_stream(
     """POST ``body``; the response once its head has arrived, whatever its status.
 
     Only connecting has a limit here: the relay owns the first-token, idle and total limits.
+    The request carries the client request's ``X-Request-Id`` and the attempt's trace context.
     """
+    sending_upstream(headers)
     try:
         return await http.post(url, body, headers, connect_timeout=connect_timeout)
     except ClientError as exc:

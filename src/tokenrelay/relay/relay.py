@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Protocol
 
 from tokenrelay import errors
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("tokenrelay.relay")
 
 FinishHook = Callable[[Stream], Awaitable[None]]
+UNOBSERVED = contextlib.nullcontext()
 # A finish reason comes from the upstream or a script; the store keeps it in VARCHAR(60), and
 # one too long for that would fail the reply's final write (and lose its last text).
 MAX_FINISH_REASON = 60
@@ -41,6 +44,21 @@ class Admission(Protocol):
     """Whether ``owner`` may start ``request`` now (rate, concurrency, budget; see limits)."""
 
     async def admit(self, request: ChatRequest, owner: str | None) -> Admitted: ...
+
+
+class Observer(Protocol):
+    """What operators see of streams (metrics, traces; :class:`tokenrelay.ops.Observer`).
+
+    Its end of stream is a finish hook.
+    """
+
+    def admitting(self) -> AbstractContextManager[None]: ...
+
+    def started(self, stream: Stream, request: ChatRequest, provider: Provider) -> None: ...
+
+    def entered(self, stream: Stream) -> None: ...
+
+    def attempt(self, stream: Stream, provider: Provider) -> AbstractContextManager[None]: ...
 
 
 def new_stream_id() -> str:
@@ -63,6 +81,7 @@ class Relay:
         self.admission = admission
         # With redis_url: resumable streams are copied there, and found there from elsewhere.
         self.shared: SharedLog | None = None
+        self.observer: Observer | None = None
         self.started_total = 0
         # Open WebSockets per user on this instance (the WebSocket wire keeps the count).
         self.sockets: Counter[str | None] = Counter()
@@ -77,12 +96,19 @@ class Relay:
 
     async def admit(self, request: ChatRequest, owner: str | None) -> Admitted | None:
         """Ask admission whether ``owner`` may start ``request``; it raises if not."""
-        self.provider_for(request.model)
-        if request.script is not None and not self.settings.request_scripts_allowed:
-            raise errors.InvalidRequest(
-                "script is turned off on this server (allow_request_scripts)"
-            )
-        return None if self.admission is None else await self.admission.admit(request, owner)
+        with self.observer.admitting() if self.observer else UNOBSERVED:
+            if self._closing:
+                # Before admission, so a refused request costs no quota.
+                raise errors.ServerShutdown(
+                    "the server is shutting down; retry (another instance will answer)",
+                    retry_after=1,
+                )
+            self.provider_for(request.model)
+            if request.script is not None and not self.settings.request_scripts_allowed:
+                raise errors.InvalidRequest(
+                    "script is turned off on this server (allow_request_scripts)"
+                )
+            return None if self.admission is None else await self.admission.admit(request, owner)
 
     async def open(
         self, request: ChatRequest, *, owner: str | None = None, linger: float = 0.0
@@ -102,8 +128,8 @@ class Relay:
         """Start a generation now; without ``admitted`` it is not counted against anyone."""
         try:
             if self._closing:
-                raise errors.ServerShutdown("the server is shutting down")
-            name, _ = self.provider_for(request.model)
+                raise errors.ServerShutdown("the server is shutting down", retry_after=1)
+            name, provider = self.provider_for(request.model)
         except BaseException:
             if admitted is not None:
                 admitted.void()
@@ -112,6 +138,8 @@ class Relay:
         stream = Stream(new_stream_id(), name, owner=owner, linger=linger)
         self.streams[stream.id] = stream
         self.started_total += 1
+        if self.observer is not None:
+            self.observer.started(stream, request, provider)
         stream.task = asyncio.create_task(self._run(stream, request), name=stream.id)
         # A bound method, not a closure over the stream: one object less per open stream.
         stream.task.add_done_callback(self._ended_unrun)
@@ -145,6 +173,28 @@ class Relay:
                 continue
             stream.cancel(reason)
 
+    @property
+    def live(self) -> int:
+        """Streams still generating."""
+        return sum(1 for stream in self.streams.values() if not stream.finished)
+
+    async def drain(self, timeout: float) -> None:
+        """Refuse new streams at once; give those in flight up to ``timeout`` to finish, then
+        stop the rest (:meth:`shutdown`)."""
+        self._closing = True
+        loop = asyncio.get_running_loop()
+        until = loop.time() + timeout
+        while self.live and loop.time() < until:
+            tasks = [s.task for s in self.streams.values() if s.task and not s.task.done()]
+            await asyncio.wait(tasks, timeout=max(0.0, until - loop.time()))
+        if self.live:
+            logger.warning("%d streams still running after %ss: stopping them", self.live, timeout)
+        await self.shutdown()
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
     async def shutdown(self, grace: float = 5.0) -> None:
         """Stop every live stream with ``server_shutdown`` and wait for their ends."""
         self._closing = True
@@ -161,6 +211,9 @@ class Relay:
         loop = asyncio.get_running_loop()
         # One total limit for the stream, however many upstreams it takes.
         total_deadline = loop.time() + self.settings.timeouts.total
+        observer = self.observer
+        if observer is not None:
+            observer.entered(stream)
         try:
             primary = self.providers[stream.model]
             attempt = retry.Attempt(primary, 1, 1)
@@ -169,7 +222,8 @@ class Relay:
             plan: Iterator[retry.Attempt] | None = None
             while True:
                 try:
-                    await self._relay(stream, attempt.provider, request, total_deadline)
+                    with observer.attempt(stream, attempt.provider) if observer else UNOBSERVED:
+                        await self._relay(stream, attempt.provider, request, total_deadline)
                     logger.info(
                         "stream %s attempt %d on %s: ok",
                         stream.id,
@@ -233,6 +287,7 @@ class Relay:
         got_text = False
         queued = False
         events: AsyncIterator[ProviderEvent] = provider.stream(request)
+        telemetry = stream.telemetry
         deadline = Deadline(min(total_deadline, token_deadline))
         try:
             while True:
@@ -252,6 +307,8 @@ class Relay:
                             continue
                         got_text = True
                         token_deadline = loop.time() + limits.idle
+                        if telemetry is not None:
+                            telemetry.token()
                         log.append(event)
                     case Accepted():
                         log.mark_accepted()

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from tokenrelay import errors
 from tokenrelay.events import Failed, Finish, Opened
 from tokenrelay.relay.log import StreamLog
+from tokenrelay.telemetry import StreamTelemetry
 
 
 class Stream:
@@ -31,6 +32,7 @@ class Stream:
         "model",
         "owner",
         "task",
+        "telemetry",
         "viewers",
     )
 
@@ -44,6 +46,8 @@ class Stream:
         self.log.append(Opened(stream_id=stream_id, model=model))
         self.task: asyncio.Task[None] | None = None
         self.viewers = 0
+        # Set by the app's observer (tokenrelay.ops); None when metrics and traces are off.
+        self.telemetry: StreamTelemetry | None = None
         self.cancel_reason: errors.TokenRelayError | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
         self._on_idle: Callable[[Stream], None] | None = None

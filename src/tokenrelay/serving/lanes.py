@@ -23,6 +23,9 @@ from tokenrelay.config import AuthSettings
 from tokenrelay.http.errors import error_response, internal_error_response
 from tokenrelay.http.streaming import CollectedResponse, EventStreamResponse
 from tokenrelay.limits import headers as rate_limit
+from tokenrelay.ops import requests
+from tokenrelay.ops.cors import Cors
+from tokenrelay.telemetry import current_request
 
 Handler = Callable[[Request], Awaitable[ASGIApp]]
 logger = logging.getLogger("tokenrelay")
@@ -32,10 +35,13 @@ WRITE_THEIR_OWN_HEAD = (EventStreamResponse, CollectedResponse)
 
 
 class Lanes:
-    def __init__(self, routes: Mapping[tuple[str, str], Handler], auth: AuthSettings) -> None:
+    def __init__(
+        self, routes: Mapping[tuple[str, str], Handler], auth: AuthSettings, cors: Cors
+    ) -> None:
         self.routes = dict(routes)
         """``(method, path)`` to handler."""
         self.auth = auth
+        self.cors = cors
 
     def handler_for(self, scope: Scope) -> Handler | None:
         if scope["type"] != "http":
@@ -43,23 +49,29 @@ class Lanes:
         return self.routes.get((scope["method"], scope["path"]))
 
     async def serve(self, handler: Handler, scope: Scope, receive: Receive, send: Send) -> None:
-        """What AuthMiddleware, RateLimitHeaders and the router would do, in one frame."""
+        """What CORSMiddleware, AuthMiddleware, RateLimitHeaders, RequestIds and the router
+        would do, in one frame."""
         principal_token = None
-        if self.auth.enabled:
-            try:
-                principal = await check(scope, credential(scope))
-            except errors.TokenRelayError as exc:
-                await refuse_http(scope, send, exc)
-                return
-            principal_token = enter(principal, scope)
         pending, pending_token = rate_limit.collect()
+        request_token = requests.enter(scope)
+        if self.cors.enabled:
+            self.cors.publish(scope)
         try:
+            if self.auth.enabled:
+                try:
+                    principal = await check(scope, credential(scope))
+                except errors.TokenRelayError as exc:
+                    # A short answer: the wrapper that adds the published headers is cheap.
+                    await refuse_http(scope, rate_limit.sending(send, pending), exc)
+                    return
+                principal_token = enter(principal, scope)
             response = await _respond(handler, scope, receive)
             if not isinstance(response, WRITE_THEIR_OWN_HEAD):
                 send = rate_limit.sending(send, pending)
             await response(scope, receive, send)
         finally:
             rate_limit.finish(pending_token)
+            current_request.reset(request_token)
             if principal_token is not None:
                 current.reset(principal_token)
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
+import signal
 import socket
+from types import FrameType
 
 import uvicorn
 from starlette.applications import Starlette
 
 from tokenrelay.config import Settings
 from tokenrelay.http.streaming import dropped_client
+from tokenrelay.relay import Relay
 from tokenrelay.services import Services
 from tokenrelay.serving.protocol import GatewayHttpProtocol
 
@@ -18,16 +22,27 @@ UNFINISHED = "ASGI callable returned without completing response"
 
 
 class GatewayServer(uvicorn.Server):
-    """Ends live streams with ``server_shutdown`` *before* waiting for connections to close.
+    """Drains streams on SIGTERM, and ends live ones with ``server_shutdown`` *before* waiting
+    for connections to close.
+
+    On the first SIGTERM the server goes on listening: ``/readyz`` answers 503 and new
+    streams are refused with ``server_shutdown`` (503, ``Retry-After``) while the streams in
+    flight get up to ``drain_timeout`` to finish; then uvicorn shuts down as usual. A second
+    signal, or SIGINT, stops at once.
 
     uvicorn drains open connections before the app's lifespan ends, and a stream never
-    drains by itself: without this, clients would see a cut connection instead of an error
-    event.
+    drains by itself: without ending them first, clients would see a cut connection instead
+    of an error event.
     """
 
-    def __init__(self, config: uvicorn.Config, *, send_timeout: float = 30.0) -> None:
+    def __init__(
+        self, config: uvicorn.Config, *, send_timeout: float = 30.0, drain_timeout: float = 25.0
+    ) -> None:
         super().__init__(config)
         self.send_timeout = send_timeout
+        self.drain_timeout = drain_timeout
+        self._drain_asked = False
+        self._draining: asyncio.Task[None] | None = None
         server_log = logging.getLogger("uvicorn.error")
         if not any(isinstance(f, QuietDroppedClients) for f in server_log.filters):
             server_log.addFilter(QuietDroppedClients())
@@ -40,11 +55,37 @@ class GatewayServer(uvicorn.Server):
             abort_stuck_clients(sock, self.send_timeout)
         await super().serve(sockets)
 
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # A signal handler: only flags here; on_tick starts the drain in the loop.
+        if sig == signal.SIGTERM and not self._drain_asked and not self.should_exit:
+            self._drain_asked = True
+            self._captured_signals.append(sig)
+            return
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._drain_asked and self._draining is None:
+            self._draining = asyncio.create_task(self._drain())
+        return await super().on_tick(counter)
+
+    async def _drain(self) -> None:
+        relay = self._relay()
+        if relay is not None:
+            logging.getLogger("tokenrelay").warning(
+                "SIGTERM: draining %d streams (up to %ss)", relay.live, self.drain_timeout
+            )
+            await relay.drain(self.drain_timeout)
+        self.should_exit = True
+
+    def _relay(self) -> Relay | None:
+        state = getattr(_unwrap(self.config.loaded_app), "state", None)
+        services: Services | None = getattr(state, "services", None)
+        return services.relay if services is not None else None
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        app = self.config.loaded_app
-        services: Services | None = getattr(getattr(_unwrap(app), "state", None), "services", None)
-        if services is not None:
-            await services.relay.shutdown()
+        relay = self._relay()
+        if relay is not None:
+            await relay.shutdown()
         await super().shutdown(sockets)
 
 

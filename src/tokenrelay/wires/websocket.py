@@ -39,6 +39,7 @@ from tokenrelay.limits.bounds import check_max_tokens, check_messages
 from tokenrelay.relay import Relay, Stream
 from tokenrelay.relay.log import coalesce
 from tokenrelay.services import services_of
+from tokenrelay.telemetry import next_message
 
 
 class ChatFrame(BaseModel):
@@ -147,6 +148,7 @@ class ChatSocket:
     async def start(self, turn: ChatFrame) -> None:
         # Checked before a stream starts, so a refused turn costs no generation.
         self._check_idle()
+        next_message()
         conversation_id = turn.conversation_id or self.conversation_id
         if conversation_id is not None:
             conversations = services_of(self.websocket).conversations
