@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests.browsers import CHROMIUM, launched
 from tests.credentials import secured
 from tests.gateway import Gateway, serve
 from tests.processes import upgraded
@@ -26,17 +27,6 @@ from tokenrelay.events import Failed, TextDelta
 
 playwright_api = pytest.importorskip("playwright.async_api")
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ROOT = Path(__file__).resolve().parent.parent
 # The README's picture is retaken only when asked (TOKENRELAY_SCREENSHOT=1), so that running
 # the tests leaves the checkout as it was.
@@ -67,12 +57,8 @@ pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium i
 
 @pytest.fixture(scope="module")
 async def browser() -> AsyncIterator[Any]:
-    async with playwright_api.async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
+    async with launched() as chromium:
+        yield chromium
 
 
 def demo(**script: Any) -> dict[str, Any]:

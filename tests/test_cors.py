@@ -16,9 +16,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from tests.browsers import CHROMIUM, launched
 from tests.credentials import secured
 from tests.gateway import free_socket, serve
-from tests.test_browser import ARGS, CHROMIUM
 from tokenrelay.auth.keys import issue_key
 
 playwright_api = pytest.importorskip("playwright.async_api")
@@ -84,12 +84,8 @@ async def page_origin() -> AsyncIterator[str]:
 
 @pytest.fixture
 async def chromium() -> AsyncIterator[Any]:
-    async with playwright_api.async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
+    async with launched() as browser:
+        yield browser
 
 
 async def test_a_page_on_an_allowed_origin_streams_a_reply_and_resumes_it(chromium: Any) -> None:
