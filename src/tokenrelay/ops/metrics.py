@@ -18,6 +18,7 @@ import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.metrics_core import (
@@ -214,16 +215,26 @@ class Metrics:
         registry.register(LiveCollector(self.sources))
         self._overhead_request = self.overhead.labels("request")
         self._overhead_first = self.overhead.labels("first_token")
+        # Labelled children by (metric, labels): prometheus-client's labels() validates and
+        # locks on every call; the label sets are bounded (models, wires, codes), so is this.
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def stream_ended(
         self, telemetry: StreamTelemetry, model: str, code: str, usage: tuple[int, int] | None
     ) -> float:
         """Observe one ended stream; its duration."""
         duration = time.perf_counter() - telemetry.received
-        self.duration.labels(model).observe(duration)
-        self.streams.labels(telemetry.wire, model, code).inc()
+        self._child(self.duration, model).observe(duration)
+        self._child(self.streams, telemetry.wire, model, code).inc()
         if telemetry.first_token is not None:
-            self.ttft.labels(model).observe(telemetry.first_token - telemetry.received)
+            self._child(self.ttft, model).observe(telemetry.first_token - telemetry.received)
             if telemetry.delivered is not None:
                 self._overhead_first.observe(telemetry.delivered - telemetry.first_token)
         if telemetry.upstream_sent is not None:
@@ -232,9 +243,9 @@ class Metrics:
             self.gaps.add(model, telemetry.gaps, telemetry.gap_sum)
         prompt, completion = usage if usage is not None else (0, telemetry.tokens)
         if prompt:
-            self.tokens.labels(model, "input").inc(prompt)
+            self._child(self.tokens, model, "input").inc(prompt)
         if completion:
-            self.tokens.labels(model, "output").inc(completion)
+            self._child(self.tokens, model, "output").inc(completion)
         return duration
 
     def render(self) -> bytes:
