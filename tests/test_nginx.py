@@ -247,3 +247,30 @@ async def test_websocket_reply_streams_through_nginx(
     assert message["type"] == "done", message
     assert "".join(tokens) == "".join(TOKENS)
     assert_one_by_one(times)
+
+
+async def test_nginx_refuses_a_long_head_and_a_flood_from_one_address_before_the_gateway(
+    tmp_path: Path,
+) -> None:
+    # A connection of its own per request: nginx closes the ones it refuses.
+    # Twenty at a time: the test's nginx has 64 worker connections for clients and upstreams.
+    connector = aiohttp.TCPConnector(force_close=True, limit=20)
+    async with (
+        aiohttp.ClientSession(connector=connector) as http,
+        serve() as gateway,
+        nginx_in_front(gateway, tmp_path) as nginx,
+    ):
+        async with http.get(f"{nginx.url}/healthz", headers={"X-Big": "a" * 20_000}) as big:
+            head_status = big.status
+
+        async def status() -> int:
+            async with http.get(f"{nginx.url}/healthz") as response:
+                return response.status
+
+        # Past the burst (200) at 50 a second, from one address: 429s, not gateway load.
+        statuses = [
+            code for _ in range(8) for code in await asyncio.gather(*(status() for _ in range(50)))
+        ]
+
+    assert head_status in (400, 431, 494)  # nginx: 400 "Request Header Or Cookie Too Large"
+    assert statuses.count(429) > 0 and statuses.count(200) >= 200
