@@ -19,13 +19,13 @@ from __future__ import annotations
 import asyncio
 import codecs
 import re
-from collections.abc import AsyncIterator, Iterable, Iterator
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tokenrelay import errors
-from tokenrelay.chat import ChatRequest
+from tokenrelay.chat import ChatRequest, Feature
 from tokenrelay.events import Accepted, Finish, ProviderEvent, TextDelta, Usage
 from tokenrelay.providers.base import Provider
 
@@ -58,7 +58,7 @@ class Script(BaseModel):
     usage: bool = True
 
 
-def parse_script(*layers: dict[str, object] | None) -> Script:
+def parse_script(*layers: Mapping[str, object] | None) -> Script:
     merged: dict[str, object] = {}
     for layer in layers:
         merged.update(layer or {})
@@ -75,7 +75,7 @@ def _tokens(script: Script, request: ChatRequest) -> Iterator[str]:
     else:
         text = script.text
         if text is None and script.echo == "history":
-            text = " | ".join(f"{m.role}: {m.content}" for m in request.messages)
+            text = " | ".join(f"{m.role}: {m.text}" for m in request.messages)
         elif text is None:
             heard = request.last_user_text().strip() or "nothing"
             text = f"You said: {heard}"
@@ -119,12 +119,16 @@ class ScriptedOptions(BaseModel):
 class ScriptedProvider(Provider):
     name = "scripted"
     Options = ScriptedOptions
+    # A script decides the reply, so every request is honoured; tool calls and reasoning come
+    # from the script, never from the request's tools.
+    supports = frozenset(get_args(Feature))
     options: ScriptedOptions
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ProviderEvent]:
-        script = parse_script(self.options.script, request.script)
+        asked = request.options
+        script = parse_script(self.options.script, asked.script)
         limits = self.context.settings.limits
-        if request.script is not None:
+        if asked.script is not None:
             _check_size(script, limits.max_script_chars)
         if script.accept_delay:
             await asyncio.sleep(script.accept_delay)
@@ -136,7 +140,7 @@ class ScriptedProvider(Provider):
         if script.first_delay:
             await asyncio.sleep(script.first_delay)
 
-        limit = request.max_tokens if request.max_tokens is not None else limits.max_tokens
+        limit = asked.token_limit if asked.token_limit is not None else limits.max_tokens
         decoder = codecs.getincrementaldecoder("utf-8")()
         sent = 0
         finish_reason = script.finish_reason
@@ -165,6 +169,6 @@ class ScriptedProvider(Provider):
         if tail:
             yield TextDelta(tail)
         if script.usage:
-            prompt = sum(len(_WORDS.findall(m.content)) for m in request.messages)
+            prompt = sum(len(_WORDS.findall(m.text)) for m in request.messages)
             yield Usage(prompt_tokens=prompt, completion_tokens=sent)
         yield Finish(finish_reason)
