@@ -97,13 +97,12 @@ def message_json(message: Message) -> dict[str, Any]:
 
 
 def tool_json(tool: Tool) -> dict[str, Any]:
-    function: dict[str, Any] = {"name": tool.name}
-    if tool.description is not None:
-        function["description"] = tool.description
-    if tool.parameters is not None:
-        function["parameters"] = tool.parameters
-    if tool.strict is not None:
-        function["strict"] = tool.strict
+    function = _present(
+        name=tool.name,
+        description=tool.description,
+        parameters=tool.parameters,
+        strict=tool.strict,
+    )
     return {"type": "function", "function": function}
 
 
@@ -116,11 +115,15 @@ def tool_choice_json(choice: ToolChoice) -> str | dict[str, Any]:
 def response_format_json(format_: ResponseFormat) -> dict[str, Any]:
     if format_.type != "json_schema":
         return {"type": format_.type}
-    schema: dict[str, Any] = {"name": format_.name}
-    if format_.description is not None:
-        schema["description"] = format_.description
-    if format_.schema is not None:
-        schema["schema"] = format_.schema
-    if format_.strict is not None:
-        schema["strict"] = format_.strict
+    schema = _present(
+        name=format_.name,
+        description=format_.description,
+        schema=format_.schema,
+        strict=format_.strict,
+    )
     return {"type": "json_schema", "json_schema": schema}
+
+
+def _present(**fields: Any) -> dict[str, Any]:
+    """The fields that are set: OpenAI reads an absent field and a null one differently."""
+    return {key: value for key, value in fields.items() if value is not None}
