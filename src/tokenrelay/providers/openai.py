@@ -180,12 +180,14 @@ class _EventReader:
                 text = self._text(text)
                 if text:
                     out.append(TextDelta(text))
-            thought = delta.get("reasoning_content") or delta.get("reasoning")
-            if isinstance(thought, str) and thought:
-                out.append(ReasoningDelta(_whole(thought)))
-            calls = delta.get("tool_calls")
-            if isinstance(calls, list):
-                self._tool_calls(calls, out)
+            if len(delta) > 1 or text is None:
+                # Not the common {"content": "..."}: reasoning or tool calls may be in it.
+                thought = delta.get("reasoning_content") or delta.get("reasoning")
+                if isinstance(thought, str) and thought:
+                    out.append(ReasoningDelta(_whole(thought)))
+                calls = delta.get("tool_calls")
+                if isinstance(calls, list):
+                    self._tool_calls(calls, out)
         reason = choice.get("finish_reason")
         if reason:
             if reason == "error":

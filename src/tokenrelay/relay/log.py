@@ -139,6 +139,12 @@ def coalesce(events: list[Event], first_id: int) -> list[tuple[int, Event]]:
     run: list[str] = []
     head: Mergeable | None = None  # the run's first delta: its kind (and call) is the run's
     for event_id, event in enumerate(events, start=first_id):
+        if type(event) is TextDelta and (head is None or type(head) is TextDelta):
+            # The hot path: a run of text.
+            if head is None:
+                head = event
+            run.append(event.text)
+            continue
         if isinstance(event, _MERGEABLE):
             if head is not None and (
                 type(head) is not type(event)

@@ -322,7 +322,10 @@ class Relay:
                     raise self._timeout(total, got_text, limits) from None
                 match event:
                     case TextDelta() | ReasoningDelta() | ToolCallDelta():
-                        if not (
+                        if type(event) is TextDelta:
+                            if not event.text:
+                                continue
+                        elif not (
                             event.arguments if isinstance(event, ToolCallDelta) else event.text
                         ):
                             continue
