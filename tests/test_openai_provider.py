@@ -25,7 +25,7 @@ from tests.providers import (
     text_of,
 )
 from tokenrelay import errors
-from tokenrelay.chat import ChatRequest, Message
+from tokenrelay.chat import ChatOptions, ChatRequest, Message
 from tokenrelay.client import Client
 from tokenrelay.config import ModelConfig, load_settings
 from tokenrelay.events import Accepted, Finish, TextDelta, Usage
@@ -86,8 +86,7 @@ async def test_request_carries_model_options_and_bearer_key(
     provider: OpenAIProvider, fake: FakeOpenAI
 ) -> None:
     request = ask()
-    request.max_tokens, request.temperature, request.top_p = 2, 0.5, 0.9
-    request.stop, request.seed = ["\n\n"], 7
+    request.options = ChatOptions(max_tokens=2, temperature=0.5, top_p=0.9, stop=("\n\n",), seed=7)
     events = await collect(provider, request)
 
     sent = fake.requests[0]

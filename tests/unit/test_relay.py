@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from tokenrelay import errors
-from tokenrelay.chat import ChatRequest, Message
+from tokenrelay.chat import ChatOptions, ChatRequest, Message
 from tokenrelay.client import Client
 from tokenrelay.config import load_settings
 from tokenrelay.events import Failed
@@ -30,7 +30,7 @@ async def relay_with(**overrides: object) -> AsyncIterator[Relay]:
 
 
 def ask(model: str = "demo", **script: object) -> ChatRequest:
-    return ChatRequest(model=model, messages=[Message("user", "hi")], script=dict(script))
+    return ChatRequest(model, [Message("user", "hi")], ChatOptions(script=dict(script)))
 
 
 async def test_regression_stream_cancelled_before_its_task_ran_still_ends_its_log() -> None:

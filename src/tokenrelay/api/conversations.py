@@ -52,16 +52,7 @@ class NewMessage(GenerationOptions):
     content: str = Field(min_length=1)
 
     def to_turn(self) -> Turn:
-        return Turn(
-            content=self.content,
-            model=self.model,
-            max_tokens=self.max_tokens,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            stop=self.stop_list(),
-            seed=self.seed,
-            script=self.script,
-        )
+        return Turn(self.content, self.model, self.to_options())
 
 
 def conversation_json(record: ConversationRecord) -> dict[str, Any]:

@@ -30,7 +30,7 @@ class ContextFitter:
     _turns: list[Message] = field(default_factory=list)
 
     async def cost(self, message: Message) -> int:
-        return await self.count(message.content) + MESSAGE_OVERHEAD
+        return await self.count(message.text) + MESSAGE_OVERHEAD
 
     async def start(self, system: list[Message], new: Message) -> None:
         self.system = system

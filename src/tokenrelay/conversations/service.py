@@ -12,13 +12,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from tokenrelay import errors
-from tokenrelay.chat import ChatRequest, Message, Role
+from tokenrelay.chat import ChatOptions, ChatRequest, Message, Role
 from tokenrelay.config import Settings
 from tokenrelay.conversations.context import ContextFitter
 from tokenrelay.conversations.recorder import Recorder
@@ -54,12 +54,7 @@ class Turn:
 
     content: str
     model: str | None = None
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    stop: list[str] | None = None
-    seed: int | None = None
-    script: dict[str, Any] | None = None
+    options: ChatOptions = field(default_factory=ChatOptions)
 
 
 @dataclass(slots=True, frozen=True)
@@ -149,7 +144,7 @@ class Conversations:
                 f"content is {len(turn.content)} characters "
                 f"(the limit is {limits.max_message_chars})"
             )
-        check_max_tokens(turn.max_tokens, limits)
+        check_max_tokens(turn.options.token_limit, limits)
         name, provider = self.relay.provider_for(turn.model or conversation.model)
         # A turn stores two messages: the user's and the reply.
         if (
@@ -161,11 +156,9 @@ class Conversations:
                 "(the limit); start a new one"
             )
         new = Message(role="user", content=turn.content)
-        fitted = await self._context(conversation_id, provider, new, turn.max_tokens)
+        fitted = await self._context(conversation_id, provider, new, turn.options.token_limit)
         messages = fitted.messages
-        admitted = await self.relay.admit(
-            ChatRequest(name, messages, turn.max_tokens, script=turn.script), owner
-        )
+        admitted = await self.relay.admit(ChatRequest(name, messages, turn.options), owner)
         first_title = fallback_title(turn.content) if conversation.title is None else None
         [user] = await self.store.add_messages(
             conversation_id, [("user", turn.content)], fallback_title=first_title
@@ -182,12 +175,7 @@ class Conversations:
         request = ChatRequest(
             model=name,
             messages=messages,
-            max_tokens=turn.max_tokens,
-            temperature=turn.temperature,
-            top_p=turn.top_p,
-            stop=turn.stop,
-            seed=turn.seed,
-            script=turn.script,
+            options=turn.options,
         )
         linger = self.settings.streams.resume_grace
         stream = self.relay.start(request, owner=owner, linger=linger, admitted=admitted)
@@ -252,7 +240,7 @@ class Conversations:
         room = max(1, window - self.settings.conversations.summary_tokens - 64) * 3
         lines: list[str] = []
         for message in reversed(dropped):
-            line = f"{message.role.title()}: {message.content}"
+            line = f"{message.role.title()}: {message.text}"
             room -= len(line.encode()) + 2
             if room < 0 and lines:
                 break
@@ -264,8 +252,9 @@ class Conversations:
                 Message(role="system", content=SUMMARY_PROMPT),
                 Message(role="user", content=transcript),
             ],
-            max_tokens=self.settings.conversations.summary_tokens,
-            temperature=0.2,
+            options=ChatOptions(
+                max_tokens=self.settings.conversations.summary_tokens, temperature=0.2
+            ),
         )
         try:
             # Admitted and charged like the user's own requests: it is their generation too.
@@ -323,7 +312,7 @@ class Conversations:
                     role="user", content=f"User: {question[:2000]}\n\nAssistant: {answer[:2000]}"
                 ),
             ],
-            max_tokens=24,
+            options=ChatOptions(max_tokens=24),
         )
         try:
             stream = await self.relay.open(request, owner=conversation.owner)

@@ -15,9 +15,10 @@ def check_messages(messages: list[Message], limits: Limits) -> None:
             f"too many messages: {len(messages)} (the limit is {limits.max_messages})"
         )
     for index, message in enumerate(messages):
-        if len(message.content) > limits.max_message_chars:
+        size = message.size()
+        if size > limits.max_message_chars:
             raise errors.PayloadTooLarge(
-                f"messages.{index}.content is {len(message.content)} characters "
+                f"messages.{index}.content is {size} characters "
                 f"(the limit is {limits.max_message_chars})"
             )
 

@@ -48,7 +48,7 @@ def subject_of(owner: str | None) -> str:
 
 
 def prompt_tokens(request: ChatRequest) -> int:
-    return sum(estimate_tokens(m.content) + MESSAGE_OVERHEAD for m in request.messages)
+    return sum(estimate_tokens(m.text) + MESSAGE_OVERHEAD for m in request.messages)
 
 
 class Ticket:
@@ -114,7 +114,7 @@ class Gate:
             key_id=principal.key_id if principal is not None else None,
             quota=quota,
             prompt=prompt,
-            cost=prompt + (request.max_tokens or self.settings.completion_estimate),
+            cost=prompt + (request.options.token_limit or self.settings.completion_estimate),
         )
         if not quota.unlimited:
             lease = Lease(subject_of(owner), "lease_" + secrets.token_urlsafe(12))

@@ -90,7 +90,7 @@ class Observer:
                 }
             )
             if self.content:
-                messages = [{"role": m.role, "content": m.content} for m in request.messages]
+                messages = [{"role": m.role, "content": m.text} for m in request.messages]
                 span.set_attribute("gen_ai.input.messages", orjson.dumps(messages).decode())
             telemetry.span = span
         stream.telemetry = telemetry

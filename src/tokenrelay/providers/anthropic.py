@@ -58,33 +58,35 @@ FINISH_OF_STOP_REASON = {"end_turn": "stop", "stop_sequence": "stop", "max_token
 
 def build_body(request: ChatRequest, model: str) -> dict[str, Any]:
     """The Messages API body for ``request``, streaming."""
+    options = request.options
     system: list[str] = []
     turns: list[dict[str, str]] = []
     for message in request.messages:
+        text = message.text
         if message.role == "system":
-            system.append(message.content)
-        elif not message.content:
+            system.append(text)
+        elif not text:
             # The API rejects empty text content, and an empty turn says nothing.
             continue
         elif turns and turns[-1]["role"] == message.role:
-            turns[-1]["content"] += "\n\n" + message.content
+            turns[-1]["content"] += "\n\n" + text
         else:
-            turns.append({"role": message.role, "content": message.content})
+            turns.append({"role": message.role, "content": text})
     body: dict[str, Any] = {
         "model": model,
-        "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS,
+        "max_tokens": options.token_limit or DEFAULT_MAX_TOKENS,
         "messages": turns,
         "stream": True,
     }
     joined = "\n\n".join(part for part in system if part)
     if joined:
         body["system"] = joined
-    if request.temperature is not None:
-        body["temperature"] = request.temperature
-    if request.top_p is not None:
-        body["top_p"] = request.top_p
-    if request.stop:
-        body["stop_sequences"] = request.stop
+    if options.temperature is not None:
+        body["temperature"] = options.temperature
+    if options.top_p is not None:
+        body["top_p"] = options.top_p
+    if options.stop:
+        body["stop_sequences"] = list(options.stop)
     return body
 
 
@@ -180,6 +182,8 @@ class MessageStream:
 
 class AnthropicProvider(Provider):
     name = "anthropic"
+    # Text only until tool_use, image and thinking blocks are translated: refused, not dropped.
+    supports = frozenset()
 
     def _headers(self, key: str | None) -> dict[str, str]:
         headers = {

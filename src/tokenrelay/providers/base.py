@@ -8,8 +8,12 @@ A provider is built once per configured model and shared by every request for it
   model dequeued it); an error raised before it is answered as an HTTP status, after it as an
   error event in the stream;
 * yield ``Queued(position)`` while waiting for a busy backend;
-* yield ``TextDelta`` for text (whole characters only), at most one ``Usage``, and end with
-  exactly one ``Finish``;
+* yield ``TextDelta`` for text (whole characters only), ``ReasoningDelta`` /
+  ``ReasoningSignature`` for reasoning, ``ToolCallStart``, ``ToolCallDelta``…, ``ToolCallEnd``
+  for each tool call (indexed from 0 within the reply), at most one ``Usage``, and end with
+  exactly one ``Finish`` (``tool_calls`` when the reply is calls to run);
+* honour every :data:`~tokenrelay.chat.Feature` it lists in ``supports``: a request using
+  another is refused with a 400 naming the field before anything starts;
 * raise a :class:`~tokenrelay.errors.TokenRelayError` for anything that goes wrong, mapping
   foreign exceptions once, at this boundary;
 * release everything upstream (connection, decoder slot) in ``finally``: the relay closes the
@@ -28,7 +32,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from tokenrelay.chat import ChatRequest
+from tokenrelay.chat import ChatRequest, Feature
 from tokenrelay.client import Client
 from tokenrelay.config import ModelConfig, Settings
 from tokenrelay.events import ProviderEvent
@@ -69,6 +73,10 @@ class Provider(abc.ABC):
 
     name: ClassVar[str]
     Options: ClassVar[type[BaseModel]] = NoOptions
+    # What beyond plain text the provider honours; ``extra`` means a client dialect's own
+    # unmodelled fields, forwarded when the request came in ``dialect`` (None: any).
+    supports: ClassVar[frozenset[Feature]] = frozenset()
+    dialect: ClassVar[str | None] = None
 
     def __init__(self, model_name: str, config: ModelConfig, context: ProviderContext) -> None:
         self.model_name = model_name
@@ -93,6 +101,10 @@ class Provider(abc.ABC):
         """The provider's worker process, when it runs one."""
         return None
 
+    def refusal(self, request: ChatRequest) -> str | None:
+        """Why this provider cannot honour ``request`` (naming the field), or None."""
+        return refusal(type(self), self.model_name, request)
+
     @abc.abstractmethod
     def stream(self, request: ChatRequest) -> AsyncIterator[ProviderEvent]:
         """Yield the events of one generation; see the module docstring for the contract."""
@@ -102,6 +114,22 @@ class Provider(abc.ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - most providers own nothing to close.
         """Release what the provider owns; called once at shutdown."""
+
+
+def refusal(provider: type[Provider], model: str, request: ChatRequest) -> str | None:
+    """Why a provider of class ``provider`` serving ``model`` cannot honour ``request``."""
+    for feature, field in request.features().items():
+        if feature == "extra":
+            if "extra" in provider.supports and provider.dialect in (None, request.options.dialect):
+                continue
+            return (
+                f"{field} is not supported by model {model!r}"
+                f" (provider {provider.name}): tokenrelay does not model it, and only an"
+                f" upstream of the {request.options.dialect} dialect is sent it unchanged"
+            )
+        if feature not in provider.supports:
+            return f"{field} is not supported by model {model!r} (provider {provider.name})"
+    return None
 
 
 ProviderFactory = Callable[[str, ModelConfig, ProviderContext], Provider]

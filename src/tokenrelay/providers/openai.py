@@ -10,14 +10,24 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, get_args
 
 import orjson
 
 from tokenrelay import errors
-from tokenrelay.chat import ChatRequest
+from tokenrelay.chat import ChatRequest, Feature
 from tokenrelay.client import Response
-from tokenrelay.events import Accepted, Finish, ProviderEvent, TextDelta, Usage
+from tokenrelay.events import (
+    Accepted,
+    Finish,
+    ProviderEvent,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallStart,
+    Usage,
+)
 from tokenrelay.providers._http import (
     drain,
     error_for_status,
@@ -28,6 +38,7 @@ from tokenrelay.providers._http import (
     retry_after,
 )
 from tokenrelay.providers.base import Provider
+from tokenrelay.providers.openai_body import request_body
 from tokenrelay.providers.sse import SSEDecoder
 
 _DONE = "[DONE]"
@@ -38,6 +49,8 @@ _RATE_CODES = {"rate_limit_exceeded", "rate_limit_error", "rate_limited", "429",
 
 class OpenAIProvider(Provider):
     name = "openai"
+    supports = frozenset(get_args(Feature))
+    dialect = "openai"
 
     @property
     def url(self) -> str:
@@ -45,17 +58,7 @@ class OpenAIProvider(Provider):
         return f"{base}/chat/completions"
 
     def _payload(self, request: ChatRequest) -> dict[str, Any]:
-        payload: dict[str, Any] = {
-            "model": self.upstream_model,
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-        for key in ("max_tokens", "temperature", "top_p", "stop", "seed"):
-            value = getattr(request, key)
-            if value is not None:
-                payload[key] = value
-        return payload
+        return request_body(request, self.upstream_model)
 
     @staticmethod
     def _headers(key: str | None) -> dict[str, str]:
@@ -91,17 +94,16 @@ class OpenAIProvider(Provider):
                 chunk = await read_chunk(response)
                 if not chunk:
                     raise errors.UpstreamError(reader.truncation())
-                for text in reader.feed(chunk):
-                    yield TextDelta(text)
+                for event in reader.feed(chunk):
+                    yield event
                 if reader.failure is not None:
                     raise reader.failure
 
             if not response.at_eof:
                 # The body's end usually trails [DONE]: read it so the socket is reusable.
                 await drain(response)
-            tail = reader.flush()
-            if tail:
-                yield TextDelta(tail)
+            for event in reader.flush():
+                yield event
             if reader.usage is not None:
                 yield reader.usage
             yield Finish(reader.finish_reason)
@@ -113,37 +115,51 @@ class OpenAIProvider(Provider):
 
 
 class _EventReader:
-    """Turns upstream bytes into text deltas, remembering usage and the finish reason."""
+    """Turns upstream bytes into deltas, remembering usage and the finish reason.
 
-    __slots__ = ("_decoder", "_held", "_secret", "done", "failure", "finish_reason", "usage")
+    Tool calls arrive as OpenAI streams them (``delta.tool_calls[]``, each fragment under its
+    call's ``index``, the id and name in the first); a call ends when the choice finishes.
+    Reasoning is read from ``delta.reasoning_content`` (vLLM, DeepSeek, LiteLLM) or
+    ``delta.reasoning`` (OpenRouter, Ollama).
+    """
+
+    __slots__ = (
+        "_calls",
+        "_decoder",
+        "_held",
+        "_secret",
+        "done",
+        "failure",
+        "finish_reason",
+        "usage",
+    )
 
     def __init__(self, secret: str | None, max_event: int) -> None:
         self._decoder = SSEDecoder(max_event)
         self._secret = secret
         self._held = ""  # a high surrogate waiting for its pair from the next delta
+        self._calls: list[int] = []  # upstream indexes of the calls started, in order
         self.done = False
         self.failure: errors.TokenRelayError | None = None
         self.finish_reason = "stop"
         self.usage: Usage | None = None
 
-    def feed(self, chunk: bytes) -> list[str]:
-        texts: list[str] = []
+    def feed(self, chunk: bytes) -> list[ProviderEvent]:
+        out: list[ProviderEvent] = []
         for event in self._decoder.feed(chunk):
             data = event.data
             if data == _DONE:
                 self.done = True
                 break
             try:
-                text = self._handle(data, event.event)
+                self._handle(data, event.event, out)
             except errors.TokenRelayError as exc:
-                # Raised after the text that preceded it in the same chunk has been yielded.
+                # Raised after the deltas that preceded it in the same chunk have been yielded.
                 self.failure = exc
                 break
-            if text:
-                texts.append(text)
-        return texts
+        return out
 
-    def _handle(self, data: str, event_type: str) -> str:
+    def _handle(self, data: str, event_type: str, out: list[ProviderEvent]) -> None:
         payload = _loads(data)
         if not isinstance(payload, dict):
             raise errors.UpstreamError("upstream sent an event that is not a JSON object")
@@ -152,20 +168,67 @@ class _EventReader:
         usage = payload.get("usage") or _get(payload.get("x_groq"), "usage")
         if isinstance(usage, dict):
             # Kept, not yielded: some servers repeat usage on every chunk; the last one wins.
-            self.usage = Usage(_count(usage, "prompt_tokens"), _count(usage, "completion_tokens"))
+            self.usage = _usage(usage)
         choices = payload.get("choices")
         if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
-            return ""
+            return
         choice = choices[0]
+        delta = choice.get("delta")
+        if isinstance(delta, dict):
+            text = delta.get("content")
+            if isinstance(text, str) and text:
+                text = self._text(text)
+                if text:
+                    out.append(TextDelta(text))
+            if len(delta) > 1 or text is None:
+                # Not the common {"content": "..."}: reasoning or tool calls may be in it.
+                thought = delta.get("reasoning_content") or delta.get("reasoning")
+                if isinstance(thought, str) and thought:
+                    out.append(ReasoningDelta(_whole(thought)))
+                calls = delta.get("tool_calls")
+                if isinstance(calls, list):
+                    self._tool_calls(calls, out)
         reason = choice.get("finish_reason")
         if reason:
             if reason == "error":
                 # OpenRouter's mid-stream failure marker: an honest error, not a short answer.
                 raise errors.UpstreamError("upstream reported an error mid-stream")
             self.finish_reason = str(reason)
-        text = _get(choice.get("delta"), "content")
-        if not isinstance(text, str) or not text:
-            return ""
+            out.extend(self._end_calls())
+
+    def _tool_calls(self, calls: list[Any], out: list[ProviderEvent]) -> None:
+        for position, call in enumerate(calls):
+            if not isinstance(call, dict):
+                continue
+            upstream = call.get("index")
+            if not isinstance(upstream, int):
+                # Some servers send whole calls without an index: their place is their index.
+                upstream = len(self._calls) if call.get("id") else position
+            function = call.get("function")
+            function = function if isinstance(function, dict) else {}
+            if upstream not in self._calls:
+                name = function.get("name")
+                call_id = call.get("id")
+                if not isinstance(name, str) or not name:
+                    raise errors.UpstreamError("upstream started a tool call without a name")
+                if not isinstance(call_id, str) or not call_id:
+                    call_id = f"call_{len(self._calls)}"
+                out.append(ToolCallStart(len(self._calls), call_id, name))
+                self._calls.append(upstream)
+            arguments = function.get("arguments")
+            if isinstance(arguments, str) and arguments:
+                out.append(ToolCallDelta(self._calls.index(upstream), arguments))
+            elif isinstance(arguments, dict):
+                # Ollama sends the arguments as an object, whole.
+                encoded = orjson.dumps(arguments).decode()
+                out.append(ToolCallDelta(self._calls.index(upstream), encoded))
+
+    def _end_calls(self) -> list[ProviderEvent]:
+        ended: list[ProviderEvent] = [ToolCallEnd(index) for index in range(len(self._calls))]
+        self._calls = []
+        return ended
+
+    def _text(self, text: str) -> str:
         if self._held:
             text = self._held + text
             self._held = ""
@@ -178,20 +241,40 @@ class _EventReader:
         # one): hold a trailing high surrogate for the next delta, then pair what can be.
         if "\ud800" <= text[-1] <= "\udbff":
             text, self._held = text[:-1], text[-1]
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            # Pairs split across deltas become one character; strays become U+FFFD.
-            text = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
-        return text
+        return _whole(text)
 
-    def flush(self) -> str:
+    def flush(self) -> list[ProviderEvent]:
         held, self._held = self._held, ""
-        return "\ufffd" if held else ""
+        tail: list[ProviderEvent] = [TextDelta("\ufffd")] if held else []
+        return tail + self._end_calls()
 
     def truncation(self) -> str:
         where = "mid-event" if self._decoder.pending else "without data: [DONE]"
         return f"upstream stream truncated: the body ended {where}"
+
+
+def _whole(text: str) -> str:
+    """``text`` as valid UTF-8: surrogate pairs joined, strays replaced by U+FFFD."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return text
+
+
+def _usage(usage: dict[str, Any]) -> Usage:
+    prompt = usage.get("prompt_tokens_details")
+    completion = usage.get("completion_tokens_details")
+    return Usage(
+        _count(usage, "prompt_tokens"),
+        _count(usage, "completion_tokens"),
+        cached_tokens=_count(prompt, "cached_tokens") if isinstance(prompt, dict) else 0,
+        reasoning_tokens=(
+            _count(completion, "reasoning_tokens") if isinstance(completion, dict) else 0
+        ),
+    )
 
 
 def _get(value: Any, key: str) -> Any:

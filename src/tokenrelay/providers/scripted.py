@@ -5,6 +5,15 @@ The script comes from the model's ``options`` in the config, overridden per requ
 
     {"script": {"text": "Hello 👋 world", "delay": 0.05, "error_after": 2}}
 
+A script can also think and call tools: ``reasoning`` (text, sent as reasoning deltas word by
+word before the reply, then ``signature`` if given) and ``tool_calls`` (each ``{"name",
+"arguments"?, "id"?, "fragment"?}``: arguments as JSON text or an object, streamed in pieces of
+``fragment`` characters after the reply's text; with calls the text defaults to none and the
+finish reason to ``tool_calls``)::
+
+    {"script": {"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"},
+                                "fragment": 4}, {"name": "now"}]}}
+
 Text is carried as UTF-8 bytes and decoded incrementally, exactly as a network provider must,
 so ``split_utf8`` exercises the same path a real upstream splitting a character would.
 
@@ -18,15 +27,27 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import json
 import re
-from collections.abc import AsyncIterator, Iterable, Iterator
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tokenrelay import errors
-from tokenrelay.chat import ChatRequest
-from tokenrelay.events import Accepted, Finish, ProviderEvent, TextDelta, Usage
+from tokenrelay.chat import ChatRequest, Feature
+from tokenrelay.events import (
+    Accepted,
+    Finish,
+    ProviderEvent,
+    ReasoningDelta,
+    ReasoningSignature,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallStart,
+    Usage,
+)
 from tokenrelay.providers.base import Provider
 
 _WORDS = re.compile(r"\s*\S+|\s+$")
@@ -56,9 +77,26 @@ class Script(BaseModel):
     split_utf8: bool = False
     finish_reason: str = "stop"
     usage: bool = True
+    reasoning: str | None = Field(default=None, description="thought aloud before the reply")
+    signature: str | None = Field(default=None, description="the reasoning's signature")
+    tool_calls: list[ScriptedCall] = Field(default_factory=list, max_length=128)
 
 
-def parse_script(*layers: dict[str, object] | None) -> Script:
+class ScriptedCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    arguments: str | dict[str, Any] | None = None
+    id: str | None = None
+    fragment: int | None = Field(default=None, ge=1, description="characters per fragment")
+
+    def json_arguments(self) -> str:
+        if isinstance(self.arguments, dict):
+            return json.dumps(self.arguments)
+        return self.arguments or ""
+
+
+def parse_script(*layers: Mapping[str, object] | None) -> Script:
     merged: dict[str, object] = {}
     for layer in layers:
         merged.update(layer or {})
@@ -72,10 +110,12 @@ def _tokens(script: Script, request: ChatRequest) -> Iterator[str]:
     """The reply's tokens, made as they are taken: ``repeat`` never builds a list."""
     if script.tokens is not None:
         tokens = script.tokens
+    elif script.text is None and script.tool_calls:
+        tokens = []  # a reply that is only calls
     else:
         text = script.text
         if text is None and script.echo == "history":
-            text = " | ".join(f"{m.role}: {m.content}" for m in request.messages)
+            text = " | ".join(f"{m.role}: {m.text}" for m in request.messages)
         elif text is None:
             heard = request.last_user_text().strip() or "nothing"
             text = f"You said: {heard}"
@@ -103,6 +143,8 @@ def _chunks(tokens: Iterable[str], split: bool) -> Iterator[bytes]:
 
 def _check_size(script: Script, limit: int) -> None:
     size = len(script.text or "") + sum(len(token) for token in script.tokens or ())
+    size += len(script.reasoning or "") + len(script.signature or "")
+    size += sum(len(call.json_arguments()) + len(call.name) for call in script.tool_calls)
     if size > limit or len(script.tokens or ()) > limit:
         raise errors.PayloadTooLarge(
             f"script text and tokens are {size} characters (the limit is {limit})"
@@ -119,12 +161,16 @@ class ScriptedOptions(BaseModel):
 class ScriptedProvider(Provider):
     name = "scripted"
     Options = ScriptedOptions
+    # A script decides the reply, so every request is honoured; tool calls and reasoning come
+    # from the script, never from the request's tools.
+    supports = frozenset(get_args(Feature))
     options: ScriptedOptions
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ProviderEvent]:
-        script = parse_script(self.options.script, request.script)
+        asked = request.options
+        script = parse_script(self.options.script, asked.script)
         limits = self.context.settings.limits
-        if request.script is not None:
+        if asked.script is not None:
             _check_size(script, limits.max_script_chars)
         if script.accept_delay:
             await asyncio.sleep(script.accept_delay)
@@ -136,7 +182,16 @@ class ScriptedProvider(Provider):
         if script.first_delay:
             await asyncio.sleep(script.first_delay)
 
-        limit = request.max_tokens if request.max_tokens is not None else limits.max_tokens
+        thought = 0
+        for word in _WORDS.findall(script.reasoning or ""):
+            if thought and script.delay:
+                await asyncio.sleep(script.delay)
+            thought += 1
+            yield ReasoningDelta(word)
+        if script.signature:
+            yield ReasoningSignature(script.signature)
+
+        limit = asked.token_limit if asked.token_limit is not None else limits.max_tokens
         decoder = codecs.getincrementaldecoder("utf-8")()
         sent = 0
         finish_reason = script.finish_reason
@@ -164,7 +219,24 @@ class ScriptedProvider(Provider):
         tail = decoder.decode(b"", final=True)
         if tail:
             yield TextDelta(tail)
+        if not cut:
+            for event in _calls(script.tool_calls):
+                if script.delay and isinstance(event, ToolCallDelta):
+                    await asyncio.sleep(script.delay)
+                yield event
+            if script.tool_calls and finish_reason == "stop":
+                finish_reason = "tool_calls"
         if script.usage:
-            prompt = sum(len(_WORDS.findall(m.content)) for m in request.messages)
-            yield Usage(prompt_tokens=prompt, completion_tokens=sent)
+            prompt = sum(len(_WORDS.findall(m.text)) for m in request.messages)
+            yield Usage(prompt, sent + thought, reasoning_tokens=thought)
         yield Finish(finish_reason)
+
+
+def _calls(calls: list[ScriptedCall]) -> Iterator[ProviderEvent]:
+    for index, call in enumerate(calls):
+        yield ToolCallStart(index, call.id or f"call_{index}", call.name)
+        arguments = call.json_arguments()
+        step = call.fragment or len(arguments) or 1
+        for start in range(0, len(arguments), step):
+            yield ToolCallDelta(index, arguments[start : start + step])
+        yield ToolCallEnd(index)

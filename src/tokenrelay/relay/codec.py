@@ -13,7 +13,20 @@ from typing import Any
 import orjson
 
 from tokenrelay import errors
-from tokenrelay.events import Event, Failed, Finish, Opened, Queued, TextDelta, Usage
+from tokenrelay.events import (
+    Event,
+    Failed,
+    Finish,
+    Opened,
+    Queued,
+    ReasoningDelta,
+    ReasoningSignature,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallStart,
+    Usage,
+)
 
 Fields = dict[str, Any]
 
@@ -26,10 +39,31 @@ _KINDS: dict[str, tuple[type[Any], Callable[[Any], Fields], Callable[[Fields], E
         lambda f: Opened(stream_id=f["s"], model=f["m"]),
     ),
     "q": (Queued, lambda e: {"p": e.position}, lambda f: Queued(f["p"])),
+    "r": (ReasoningDelta, lambda e: {"t": e.text}, lambda f: ReasoningDelta(f["t"])),
+    "rs": (ReasoningSignature, lambda e: {"s": e.signature}, lambda f: ReasoningSignature(f["s"])),
+    "cs": (
+        ToolCallStart,
+        lambda e: {"i": e.index, "d": e.id, "n": e.name},
+        lambda f: ToolCallStart(f["i"], f["d"], f["n"]),
+    ),
+    "ca": (
+        ToolCallDelta,
+        lambda e: {"i": e.index, "a": e.arguments},
+        lambda f: ToolCallDelta(f["i"], f["a"]),
+    ),
+    "ce": (ToolCallEnd, lambda e: {"i": e.index}, lambda f: ToolCallEnd(f["i"])),
+    # The details are written only when there are any, and read as 0 when absent (logs
+    # written before they existed decode unchanged).
     "u": (
         Usage,
-        lambda e: {"p": e.prompt_tokens, "c": e.completion_tokens},
-        lambda f: Usage(f["p"], f["c"]),
+        lambda e: {
+            "p": e.prompt_tokens,
+            "c": e.completion_tokens,
+            **({"cr": e.cached_tokens} if e.cached_tokens else {}),
+            **({"cw": e.cache_creation_tokens} if e.cache_creation_tokens else {}),
+            **({"rt": e.reasoning_tokens} if e.reasoning_tokens else {}),
+        },
+        lambda f: Usage(f["p"], f["c"], f.get("cr", 0), f.get("cw", 0), f.get("rt", 0)),
     ),
     "f": (Finish, lambda e: {"r": e.reason}, lambda f: Finish(f["r"])),
     "e": (

@@ -10,7 +10,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from tokenrelay.events import TERMINAL, Event, Failed, Queued, TextDelta
+from tokenrelay.events import (
+    DELTAS,
+    TERMINAL,
+    Event,
+    Failed,
+    Queued,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallDelta,
+)
 
 
 class StreamLog:
@@ -52,7 +61,7 @@ class StreamLog:
         """The failure to answer as an HTTP status: one that came before the upstream took it."""
         if self.closed and not self.accepted:
             last = self.events[-1]
-            if isinstance(last, Failed) and not any(isinstance(e, TextDelta) for e in self.events):
+            if isinstance(last, Failed) and not any(isinstance(e, DELTAS) for e in self.events):
                 return last
         return None
 
@@ -65,8 +74,10 @@ class StreamLog:
         end, size = offset, 0
         while end < len(self.events) and size < max_chars:
             event = self.events[end]
-            if isinstance(event, TextDelta):
+            if type(event) is TextDelta or type(event) is ReasoningDelta:
                 size += len(event.text)
+            elif type(event) is ToolCallDelta:
+                size += len(event.arguments)
             end += 1
         return self.events[offset:end]
 
@@ -118,24 +129,58 @@ def _expire(waiter: asyncio.Future[bool]) -> None:
 
 
 def coalesce(events: list[Event], first_id: int) -> list[tuple[int, Event]]:
-    """Merge each run of deltas into one, keeping the id of the run's last event.
+    """Merge each run of deltas of one kind into one, keeping the id of the run's last event.
 
-    A reader that fell behind gets one frame per run instead of one per token; a run of
-    ``Queued`` updates keeps only the newest position.
+    A reader that fell behind gets one frame per run instead of one per token: one for text,
+    one for reasoning, one per tool call's arguments (a run is cut where the call changes, so
+    arguments are never glued across calls); a run of ``Queued`` keeps only the newest position.
     """
     merged: list[tuple[int, Event]] = []
     run: list[str] = []
+    head: Mergeable | None = None  # the run's first delta: its kind (and call) is the run's
     for event_id, event in enumerate(events, start=first_id):
-        if isinstance(event, TextDelta):
+        if type(event) is TextDelta and (head is None or type(head) is TextDelta):
+            # The hot path: a run of text.
+            if head is None:
+                head = event
             run.append(event.text)
             continue
-        if run:
-            merged.append((event_id - 1, TextDelta("".join(run))))
-            run = []
+        if isinstance(event, _MERGEABLE):
+            if head is not None and (
+                type(head) is not type(event)
+                or (
+                    isinstance(event, ToolCallDelta)
+                    and isinstance(head, ToolCallDelta)
+                    and head.index != event.index
+                )
+            ):
+                merged.append((event_id - 1, _joined(head, run)))
+                run, head = [], None
+            if head is None:
+                head = event
+            run.append(event.arguments if isinstance(event, ToolCallDelta) else event.text)
+            continue
+        if head is not None:
+            merged.append((event_id - 1, _joined(head, run)))
+            run, head = [], None
         if isinstance(event, Queued) and merged and isinstance(merged[-1][1], Queued):
             merged[-1] = (event_id, event)
         else:
             merged.append((event_id, event))
-    if run:
-        merged.append((first_id + len(events) - 1, TextDelta("".join(run))))
+    if head is not None:
+        merged.append((first_id + len(events) - 1, _joined(head, run)))
     return merged
+
+
+Mergeable = TextDelta | ReasoningDelta | ToolCallDelta
+_MERGEABLE = (TextDelta, ReasoningDelta, ToolCallDelta)
+
+
+def _joined(head: Mergeable, run: list[str]) -> Event:
+    if len(run) == 1:
+        return head
+    if isinstance(head, ToolCallDelta):
+        return ToolCallDelta(head.index, "".join(run))
+    if isinstance(head, ReasoningDelta):
+        return ReasoningDelta("".join(run))
+    return TextDelta("".join(run))

@@ -14,7 +14,17 @@ from typing import TYPE_CHECKING, Protocol
 from tokenrelay import errors
 from tokenrelay.chat import ChatRequest
 from tokenrelay.config import Settings, Timeouts
-from tokenrelay.events import Accepted, Failed, Finish, ProviderEvent, Queued, TextDelta
+from tokenrelay.events import (
+    DELTAS,
+    Accepted,
+    Failed,
+    Finish,
+    ProviderEvent,
+    Queued,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallDelta,
+)
 from tokenrelay.providers.base import Provider
 from tokenrelay.relay import retry
 from tokenrelay.relay.deadline import Deadline
@@ -103,8 +113,11 @@ class Relay:
                     "the server is shutting down; retry (another instance will answer)",
                     retry_after=1,
                 )
-            self.provider_for(request.model)
-            if request.script is not None and not self.settings.request_scripts_allowed:
+            _, provider = self.provider_for(request.model)
+            refusal = provider.refusal(request)
+            if refusal is not None:
+                raise errors.InvalidRequest(refusal)
+            if request.options.script is not None and not self.settings.request_scripts_allowed:
                 raise errors.InvalidRequest(
                     "script is turned off on this server (allow_request_scripts)"
                 )
@@ -239,14 +252,14 @@ class Relay:
                         attempt.provider.model_name,
                         exc.code,
                     )
-                    # Never switch or repeat once the client has seen text from this stream.
-                    sent_text = any(isinstance(e, TextDelta) for e in log.events)
-                    if sent_text or not retry.worth_retrying(exc):
+                    # Never switch or repeat once the client has seen output from this stream.
+                    sent = any(isinstance(e, DELTAS) for e in log.events)
+                    if sent or not retry.worth_retrying(exc):
                         raise
                     if plan is None:
                         plan = retry.attempts(primary, self.providers)
                         next(plan)  # the first try, just made
-                    attempt = await self._next_attempt(plan, exc, total_deadline)
+                    attempt = await self._next_attempt(plan, exc, total_deadline, request)
         except errors.TokenRelayError as exc:
             log.append(Failed(exc))
         except asyncio.CancelledError:
@@ -261,13 +274,19 @@ class Relay:
 
     @staticmethod
     async def _next_attempt(
-        plan: Iterator[retry.Attempt], failure: errors.TokenRelayError, total_deadline: float
+        plan: Iterator[retry.Attempt],
+        failure: errors.TokenRelayError,
+        total_deadline: float,
+        request: ChatRequest,
     ) -> retry.Attempt:
-        """The next try after ``failure`` (after its wait); re-raises it when none is left."""
+        """The next try after ``failure`` (after its wait); re-raises it when none is left.
+
+        A fallback that cannot honour the request (tools on a text-only model) is skipped.
+        """
         loop = asyncio.get_running_loop()
         for attempt in plan:
             wait = retry.wait_before(attempt, failure)
-            if wait is None:
+            if wait is None or attempt.provider.refusal(request) is not None:
                 continue
             if loop.time() + wait >= total_deadline:
                 break
@@ -302,8 +321,13 @@ class Relay:
                     total = deadline.when == total_deadline
                     raise self._timeout(total, got_text, limits) from None
                 match event:
-                    case TextDelta():
-                        if not event.text:
+                    case TextDelta() | ReasoningDelta() | ToolCallDelta():
+                        if type(event) is TextDelta:
+                            if not event.text:
+                                continue
+                        elif not (
+                            event.arguments if isinstance(event, ToolCallDelta) else event.text
+                        ):
                             continue
                         got_text = True
                         token_deadline = loop.time() + limits.idle
@@ -327,6 +351,10 @@ class Relay:
                         log.append(event)
                         return
                     case _:
+                        # A call's start and end, a signature, usage: output, but no token.
+                        if isinstance(event, DELTAS):
+                            got_text = True
+                            token_deadline = loop.time() + limits.idle
                         log.append(event)
             raise errors.UpstreamError("the provider ended without a finish")
         finally:

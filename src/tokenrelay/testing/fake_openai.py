@@ -45,8 +45,14 @@ Unknown keys are answered with a 400 naming them. Keys:
     of the generated events.
 ``comments``: true
     a ``: keep-alive`` comment before every event (as OpenRouter sends).
-``finish_reason``: str (default "stop"; "length" if ``max_tokens`` cuts the tokens short)
-``usage``: bool or {"prompt_tokens", "completion_tokens"} (default true: counted)
+``reasoning``: list[str], ``reasoning_field``: "reasoning_content" | "reasoning"
+    reasoning deltas sent before the content, under that delta field (vLLM's / OpenRouter's).
+``tool_calls``: list of {"id", "name", "arguments": list[str]}
+    after the content, each call as OpenAI streams it: id, type and name in its first
+    fragment (with ``arguments: ""``), then one fragment per item of ``arguments``.
+``finish_reason``: str (default "stop", "tool_calls" with tool calls; "length" if
+    ``max_tokens`` cuts the tokens short)
+``usage``: bool or an OpenAI usage object (default true: counted)
 ``framing``: "chunked" (default) | "close"
     end the body with the terminating chunk, or by closing the connection.
 
@@ -70,7 +76,7 @@ from collections.abc import Iterator
 from typing import Any, Literal
 
 import orjson
-from pydantic import Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tokenrelay.testing._fake import (
     BaseScript,
@@ -100,7 +106,18 @@ class Script(BaseScript):
     line_ending: Literal["\n", "\r\n", "\r"] = "\n"
     comments: bool = False
     finish_reason: str = "stop"
-    usage: bool | dict[str, int] = True
+    usage: bool | dict[str, Any] = True
+    reasoning: list[str] = Field(default_factory=list)
+    reasoning_field: Literal["reasoning_content", "reasoning"] = "reasoning_content"
+    tool_calls: list[FakeCall] = Field(default_factory=list)
+
+
+class FakeCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    name: str
+    arguments: list[str] = Field(default_factory=list)
 
 
 _STATUS_ERRORS = {
@@ -206,6 +223,8 @@ def _error(status: int, message: str) -> tuple[int, list[tuple[str, str]], bytes
 def _planned(script: Script, body: dict[str, Any]) -> tuple[list[str], str]:
     tokens = script.tokens * script.repeat
     finish_reason = script.finish_reason
+    if script.tool_calls and finish_reason == "stop":
+        finish_reason = "tool_calls"
     limit = body.get("max_tokens")
     if isinstance(limit, int) and 0 <= limit < len(tokens):
         tokens = tokens[:limit]
@@ -213,7 +232,7 @@ def _planned(script: Script, body: dict[str, Any]) -> tuple[list[str], str]:
     return tokens, finish_reason
 
 
-def _usage(script: Script, body: dict[str, Any], sent: int) -> dict[str, int]:
+def _usage(script: Script, body: dict[str, Any], sent: int) -> dict[str, Any]:
     if isinstance(script.usage, dict):
         return script.usage
     messages = body.get("messages") or []
@@ -223,7 +242,19 @@ def _usage(script: Script, body: dict[str, Any], sent: int) -> dict[str, int]:
 
 def _completion(script: Script, body: dict[str, Any], model: str, n: int) -> dict[str, Any]:
     tokens, finish_reason = _planned(script, body)
-    message = {"role": "assistant", "content": "".join(tokens)}
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(tokens)}
+    if script.reasoning:
+        message[script.reasoning_field] = "".join(script.reasoning)
+    if script.tool_calls:
+        message["content"] = message["content"] or None
+        message["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": "".join(call.arguments)},
+            }
+            for call in script.tool_calls
+        ]
     completion: dict[str, Any] = {
         "id": f"chatcmpl-fake-{n}",
         "object": "chat.completion",
@@ -291,10 +322,12 @@ class _Stream:
         self.response.write(
             comment + self.prefix + b'{"role":"assistant","content":""}' + self.suffix
         )
-        deltas = (
-            comment + self.prefix + b'{"content":' + _dumps(t) + b"}" + self.suffix for t in tokens
-        )
-        if not await self._send(deltas, len(tokens)):
+        field = script.reasoning_field.encode()
+        thoughts = [b'{"' + field + b'":' + _dumps(t) + b"}" for t in script.reasoning]
+        contents = [b'{"content":' + _dumps(t) + b"}" for t in tokens]
+        pieces = [*thoughts, *contents, *_call_deltas(script.tool_calls)]
+        deltas = (comment + self.prefix + piece + self.suffix for piece in pieces)
+        if not await self._send(deltas, len(pieces)):
             return
         last = self.prefix + b"{}" + self.suffix.replace(b"null", _dumps(finish_reason), 1)
         tail = [comment + last]
@@ -304,6 +337,20 @@ class _Stream:
         if not script.no_done:
             tail.append(comment + b"data: [DONE]" + self.end + self.end)
         self.response.write(b"".join(tail))
+
+
+def _call_deltas(calls: list[FakeCall]) -> Iterator[bytes]:
+    for index, call in enumerate(calls):
+        first = {
+            "index": index,
+            "id": call.id,
+            "type": "function",
+            "function": {"name": call.name, "arguments": ""},
+        }
+        yield b'{"tool_calls":[' + orjson.dumps(first) + b"]}"
+        for fragment in call.arguments:
+            more = {"index": index, "function": {"arguments": fragment}}
+            yield b'{"tool_calls":[' + orjson.dumps(more) + b"]}"
 
 
 def _raw_chunks(chunks: list[str | dict[Literal["base64"], str]]) -> Iterator[bytes]:

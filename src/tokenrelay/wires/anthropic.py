@@ -13,7 +13,7 @@ tokens and ``message_delta`` carries the real counts (the SDKs take both from th
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, assert_never
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -21,8 +21,21 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tokenrelay import errors
-from tokenrelay.chat import ChatRequest, Message
-from tokenrelay.events import Event, Failed, Finish, Opened, TextDelta, Usage
+from tokenrelay.chat import ChatOptions, ChatRequest, Message
+from tokenrelay.events import (
+    Event,
+    Failed,
+    Finish,
+    Opened,
+    Queued,
+    ReasoningDelta,
+    ReasoningSignature,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallStart,
+    Usage,
+)
 from tokenrelay.http.errors import anthropic_error_response
 from tokenrelay.http.responses import read_json, validate
 from tokenrelay.http.streaming import CollectedResponse, EventStreamResponse
@@ -104,15 +117,15 @@ class MessagesBody(BaseModel):
         system = self.system_text()
         messages = [Message(role="system", content=system)] if system else []
         messages += [Message(role=m.role, content=m.text()) for m in self.messages]
-        return ChatRequest(
-            model=self.model,
-            messages=messages,
+        options = ChatOptions(
             max_tokens=self.max_tokens,
             temperature=self.temperature,
             top_p=self.top_p,
-            stop=self.stop_sequences or None,
+            stop=tuple(self.stop_sequences) if self.stop_sequences else None,
+            dialect="anthropic",
             script=self.script,
         )
+        return ChatRequest(self.model, messages, options)
 
 
 def _event(name: bytes, data: bytes) -> bytes:
@@ -145,23 +158,36 @@ class MessageEncoder:
     def encode(self, events: list[Event], first_id: int) -> bytes:
         out: list[bytes] = []
         for _, event in coalesce(events, first_id):
-            if isinstance(event, TextDelta):
-                text = orjson.dumps(event.text)
-                out.append(
-                    _event(
-                        b"content_block_delta",
-                        b'{"type":"content_block_delta","index":0,'
-                        b'"delta":{"type":"text_delta","text":' + text + b"}}",
+            match event:
+                case TextDelta(text=text):
+                    out.append(
+                        _event(
+                            b"content_block_delta",
+                            b'{"type":"content_block_delta","index":0,'
+                            b'"delta":{"type":"text_delta","text":' + orjson.dumps(text) + b"}}",
+                        )
                     )
-                )
-            elif isinstance(event, Opened):
-                out.append(self._start(event.model))
-            elif isinstance(event, Usage):
-                self._usage = event
-            elif isinstance(event, Finish):
-                out.append(self._finish(event.reason))
-            elif isinstance(event, Failed):
-                out.append(_event(b"error", orjson.dumps(event.error.to_anthropic_payload())))
+                case Opened(model=model):
+                    out.append(self._start(model))
+                case Usage():
+                    self._usage = event
+                case Finish(reason=reason):
+                    out.append(self._finish(reason))
+                case Failed(error=error):
+                    out.append(_event(b"error", orjson.dumps(error.to_anthropic_payload())))
+                case (
+                    Queued()
+                    | ReasoningDelta()
+                    | ReasoningSignature()
+                    | ToolCallStart()
+                    | ToolCallDelta()
+                    | ToolCallEnd()
+                ):
+                    # Not yet translated to thinking and tool_use blocks; this wire's requests
+                    # cannot ask for tools, so only a reasoning upstream's thinking is missed.
+                    pass
+                case _:
+                    assert_never(event)
         return b"".join(out)
 
     def _start(self, model: str) -> bytes:
@@ -239,7 +265,7 @@ async def _create(request: Request) -> EventStreamResponse | CollectedResponse:
     body = validate(MessagesBody, await read_json(request, limits.max_body_bytes))
     chat = body.to_request()
     check_messages(chat.messages, limits)
-    check_max_tokens(chat.max_tokens, limits)
+    check_max_tokens(chat.options.token_limit, limits)
     stream = await relay.open(chat, owner=request.scope.get("user"), linger=0)
     if not body.stream:
         return CollectedResponse(stream, render_message, anthropic_error_response)

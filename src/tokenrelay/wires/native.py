@@ -9,13 +9,27 @@ carries the id of the last delta in it, so resuming never repeats or skips text.
 from __future__ import annotations
 
 import asyncio
+from typing import assert_never
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
 from tokenrelay import errors
-from tokenrelay.events import Event, Failed, Finish, Opened, Queued, TextDelta, Usage
+from tokenrelay.events import (
+    Event,
+    Failed,
+    Finish,
+    Opened,
+    Queued,
+    ReasoningDelta,
+    ReasoningSignature,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallStart,
+    Usage,
+)
 from tokenrelay.http.bodies import ChatFields
 from tokenrelay.http.responses import JSONResponse, read_json, validate
 from tokenrelay.http.streaming import EventStreamResponse
@@ -40,13 +54,37 @@ def _named(event: Event) -> tuple[bytes, dict[str, object]]:
             return b"stream", {"stream_id": stream_id, "model": model}
         case Queued(position=position):
             return b"queued", {"position": position}
-        case Usage(prompt_tokens=prompt, completion_tokens=completion):
-            return b"usage", {"prompt_tokens": prompt, "completion_tokens": completion}
+        case ReasoningDelta(text=text):
+            return b"reasoning", {"text": text}
+        case ReasoningSignature(signature=signature):
+            return b"reasoning", {"signature": signature}
+        case ToolCallStart(index=index, id=call_id, name=name):
+            return b"tool_call", {"index": index, "id": call_id, "name": name}
+        case ToolCallDelta(index=index, arguments=arguments):
+            return b"tool_call", {"index": index, "arguments": arguments}
+        case ToolCallEnd(index=index):
+            return b"tool_call", {"index": index, "done": True}
+        case Usage():
+            return b"usage", usage_fields(event)
         case Finish(reason=reason):
             return b"done", {"finish_reason": reason}
         case Failed(error=error):
             return b"error", {"code": error.code, "message": error.message}
-    raise AssertionError(f"unknown event {event!r}")
+        case _:
+            assert_never(event)
+
+
+def usage_fields(usage: Usage) -> dict[str, object]:
+    """Counts, with the details only where the provider reported any."""
+    fields: dict[str, object] = {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+    }
+    for name in ("cached_tokens", "cache_creation_tokens", "reasoning_tokens"):
+        value = getattr(usage, name)
+        if value:
+            fields[name] = value
+    return fields
 
 
 def last_event_id(request: Request) -> int:

@@ -8,18 +8,32 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Any
+from typing import Any, assert_never
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tokenrelay.events import Event, Failed, Finish, TextDelta, Usage
+from tokenrelay.events import (
+    Event,
+    Failed,
+    Finish,
+    Opened,
+    Queued,
+    ReasoningDelta,
+    ReasoningSignature,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallStart,
+    Usage,
+)
 from tokenrelay.http.bodies import ChatFields
 from tokenrelay.http.responses import JSONResponse, read_json, validate
 from tokenrelay.http.streaming import CollectedResponse, EventStreamResponse
 from tokenrelay.relay.log import coalesce
+from tokenrelay.relay.reply import NO_ARGUMENTS, collect
 from tokenrelay.relay.stream import Stream
 from tokenrelay.services import services_of
 
@@ -31,16 +45,23 @@ class StreamOptions(BaseModel):
 
 
 class CompletionBody(ChatFields):
+    # Fields tokenrelay does not model are kept (``model_extra``) and forwarded to an
+    # OpenAI-compatible upstream, or refused for a provider that cannot take them.
+    model_config = ConfigDict(extra="allow")
+
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_completion_tokens: int | None = Field(default=None, ge=1, strict=True)
     n: int = Field(default=1, ge=1, le=1)
 
 
 class ChunkEncoder:
-    """``chat.completion.chunk`` objects as ``data:`` lines, then ``data: [DONE]``."""
+    """``chat.completion.chunk`` objects as ``data:`` lines, then ``data: [DONE]``.
 
-    __slots__ = ("_head", "_started", "_usage", "_usage_null", "include_usage")
+    Tool calls stream as OpenAI streams them: ``id``, ``type`` and ``function.name`` only in a
+    call's first fragment, ``arguments`` in the fragments after it, under the call's ``index``.
+    """
+
+    __slots__ = ("_argued", "_head", "_started", "_usage", "_usage_null", "include_usage")
 
     def __init__(self, completion_id: str, model: str, include_usage: bool) -> None:
         self.include_usage = include_usage
@@ -50,6 +71,7 @@ class ChunkEncoder:
         self._usage_null = b',"usage":null' if include_usage else b""
         self._started = False
         self._usage: Usage | None = None
+        self._argued: set[int] = set()  # calls that have had an arguments fragment
 
     def _chunk(self, delta: bytes, finish_reason: bytes = b"null") -> bytes:
         return b"".join(
@@ -66,35 +88,66 @@ class ChunkEncoder:
             )
         )
 
+    def _arguments(self, index: int, arguments: str) -> bytes:
+        self._argued.add(index)
+        call = {"index": index, "function": {"arguments": arguments}}
+        return self._chunk(b'{"tool_calls":[' + orjson.dumps(call) + b"]}")
+
     def encode(self, events: list[Event], first_id: int) -> bytes:
         out: list[bytes] = []
         if not self._started:
             self._started = True
             out.append(self._chunk(b'{"role":"assistant","content":""}'))
         for _, event in coalesce(events, first_id):
-            if isinstance(event, TextDelta):
-                out.append(self._chunk(b'{"content":' + orjson.dumps(event.text) + b"}"))
-            elif isinstance(event, Usage):
-                self._usage = event
-            elif isinstance(event, Finish):
-                out.append(self._chunk(b"{}", orjson.dumps(event.reason)))
-                if self._usage is not None and self.include_usage:
-                    usage = orjson.dumps(usage_payload(self._usage))
-                    out.append(
-                        b"data: " + self._head + b',"choices":[],"usage":' + usage + b"}\n\n"
-                    )
-                out.append(b"data: [DONE]\n\n")
-            elif isinstance(event, Failed):
-                out.append(b"data: " + orjson.dumps(event.error.to_payload()) + b"\n\n")
+            match event:
+                case TextDelta(text=text):
+                    out.append(self._chunk(b'{"content":' + orjson.dumps(text) + b"}"))
+                case ReasoningDelta(text=text):
+                    out.append(self._chunk(b'{"reasoning_content":' + orjson.dumps(text) + b"}"))
+                case ToolCallStart(index=index, id=call_id, name=name):
+                    call = {
+                        "index": index,
+                        "id": call_id,
+                        "type": "function",
+                        "function": {"name": name, "arguments": ""},
+                    }
+                    out.append(self._chunk(b'{"tool_calls":[' + orjson.dumps(call) + b"]}"))
+                case ToolCallDelta(index=index, arguments=arguments):
+                    out.append(self._arguments(index, arguments))
+                case ToolCallEnd(index=index):
+                    if index not in self._argued:
+                        out.append(self._arguments(index, NO_ARGUMENTS))
+                case Usage():
+                    self._usage = event
+                case Finish(reason=reason):
+                    out.append(self._chunk(b"{}", orjson.dumps(reason)))
+                    if self._usage is not None and self.include_usage:
+                        usage = orjson.dumps(usage_payload(self._usage))
+                        out.append(
+                            b"data: " + self._head + b',"choices":[],"usage":' + usage + b"}\n\n"
+                        )
+                    out.append(b"data: [DONE]\n\n")
+                case Failed(error=error):
+                    out.append(b"data: " + orjson.dumps(error.to_payload()) + b"\n\n")
+                case Opened() | Queued() | ReasoningSignature():
+                    # No place for them in a chunk: OpenAI has no queue or reasoning signature.
+                    pass
+                case _:
+                    assert_never(event)
         return b"".join(out)
 
 
-def usage_payload(usage: Usage) -> dict[str, int]:
-    return {
+def usage_payload(usage: Usage) -> dict[str, Any]:
+    payload: dict[str, Any] = {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
     }
+    if usage.cached_tokens:
+        payload["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens}
+    if usage.reasoning_tokens:
+        payload["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
+    return payload
 
 
 def completion_id() -> str:
@@ -102,27 +155,32 @@ def completion_id() -> str:
 
 
 async def render_completion(stream: Stream) -> tuple[int, bytes]:
-    finish = "stop"
-    usage: dict[str, int] | None = None
-    for event in stream.log.events:
-        if isinstance(event, Finish):
-            finish = event.reason
-        elif isinstance(event, Usage):
-            usage = usage_payload(event)
+    reply = collect(stream.log.events)
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": "".join(reply.text) if reply.text or not reply.calls else None,
+        "refusal": None,
+    }
+    if reply.reasoning:
+        message["reasoning_content"] = "".join(reply.reasoning)
+    if reply.calls:
+        message["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.joined},
+            }
+            for _, call in sorted(reply.calls.items())
+        ]
     body: dict[str, Any] = {
         "id": completion_id(),
         "object": "chat.completion",
         "created": int(stream.created),
         "model": stream.model,
         "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": stream.log.text(), "refusal": None},
-                "logprobs": None,
-                "finish_reason": finish,
-            }
+            {"index": 0, "message": message, "logprobs": None, "finish_reason": reply.finish}
         ],
-        "usage": usage,
+        "usage": None if reply.usage is None else usage_payload(reply.usage),
     }
     return 200, orjson.dumps(body)
 
@@ -131,9 +189,7 @@ async def chat_completions(request: Request) -> Response | EventStreamResponse |
     relay = services_of(request).relay
     settings = relay.settings
     body = validate(CompletionBody, await read_json(request, settings.limits.max_body_bytes))
-    chat = body.to_request(
-        settings.limits, max_tokens=body.max_completion_tokens or body.max_tokens
-    )
+    chat = body.to_request(settings.limits, dialect="openai", extra=body.model_extra)
     stream = await relay.open(chat, owner=request.scope.get("user"), linger=0)
     if not body.stream:
         return CollectedResponse(stream, render_completion)

@@ -7,10 +7,26 @@
 
 from __future__ import annotations
 
+from typing import assert_never
+
 import orjson
 from starlette.requests import Request
 
-from tokenrelay.events import Event, Failed, Finish, TextDelta
+from tokenrelay import errors
+from tokenrelay.events import (
+    Event,
+    Failed,
+    Finish,
+    Opened,
+    Queued,
+    ReasoningDelta,
+    ReasoningSignature,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallStart,
+    Usage,
+)
 from tokenrelay.http.bodies import ChatFields
 from tokenrelay.http.responses import read_json, validate
 from tokenrelay.http.streaming import EventStreamResponse
@@ -22,14 +38,29 @@ class SeedEncoder:
     def encode(self, events: list[Event], first_id: int) -> bytes:
         out: list[bytes] = []
         for _, event in coalesce(events, first_id):
-            if isinstance(event, TextDelta):
-                out.append(b'data: {"token":' + orjson.dumps(event.text) + b"}\n\n")
-            elif isinstance(event, Finish):
-                payload = {"done": True, "finish_reason": event.reason}
-                out.append(b"data: " + orjson.dumps(payload) + b"\n\n")
-            elif isinstance(event, Failed):
-                payload = {"error": event.error.message, "code": event.error.code}
-                out.append(b"data: " + orjson.dumps(payload) + b"\n\n")
+            match event:
+                case TextDelta(text=text):
+                    out.append(b'data: {"token":' + orjson.dumps(text) + b"}\n\n")
+                case Finish(reason=reason):
+                    payload = {"done": True, "finish_reason": reason}
+                    out.append(b"data: " + orjson.dumps(payload) + b"\n\n")
+                case Failed(error=error):
+                    payload = {"error": error.message, "code": error.code}
+                    out.append(b"data: " + orjson.dumps(payload) + b"\n\n")
+                case (
+                    Opened()
+                    | Queued()
+                    | Usage()
+                    | ReasoningDelta()
+                    | ReasoningSignature()
+                    | ToolCallStart()
+                    | ToolCallDelta()
+                    | ToolCallEnd()
+                ):
+                    # Text only: its clients know no other line, and its requests no tools.
+                    pass
+                case _:
+                    assert_never(event)
         return b"".join(out)
 
 
@@ -37,5 +68,13 @@ async def chat_stream(request: Request) -> EventStreamResponse:
     relay = services_of(request).relay
     settings = relay.settings
     body = validate(ChatFields, await read_json(request, settings.limits.max_body_bytes))
-    stream = await relay.open(body.to_request(settings.limits), owner=request.scope.get("user"))
+    chat = body.to_request(settings.limits)
+    used = chat.features()
+    if used:
+        # Its clients could not read a tool call or reasoning: ask for them on another wire.
+        raise errors.InvalidRequest(
+            f"{next(iter(used.values()))}: the seed-style wire is text-only;"
+            " use /v1/chat/completions or /v1/streams"
+        )
+    stream = await relay.open(chat, owner=request.scope.get("user"))
     return EventStreamResponse(stream, SeedEncoder(), settings.streams, offset=1)

@@ -23,16 +23,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from typing import Any, Literal
+from typing import Any, Literal, assert_never
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from tokenrelay import errors
-from tokenrelay.chat import ChatRequest, Message
+from tokenrelay.chat import ChatOptions, ChatRequest, Message
 from tokenrelay.conversations.service import Turn
-from tokenrelay.events import Event, Failed, Finish, Opened, Queued, TextDelta, Usage
+from tokenrelay.events import (
+    Event,
+    Failed,
+    Finish,
+    Opened,
+    Queued,
+    ReasoningDelta,
+    ReasoningSignature,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallStart,
+    Usage,
+)
 from tokenrelay.http.responses import parse_json, validate
 from tokenrelay.http.streaming import MAX_WRITE_CHARS
 from tokenrelay.limits.bounds import check_max_tokens, check_messages
@@ -40,6 +53,7 @@ from tokenrelay.relay import Relay, Stream
 from tokenrelay.relay.log import coalesce
 from tokenrelay.services import services_of
 from tokenrelay.telemetry import next_message
+from tokenrelay.wires.native import usage_fields
 
 
 class ChatFrame(BaseModel):
@@ -70,18 +84,31 @@ def to_message(event_id: int, event: Event) -> dict[str, Any]:
             return {"type": "stream", "stream_id": stream_id, "model": model, "id": event_id}
         case Queued(position=position):
             return {"type": "queued", "position": position, "id": event_id}
-        case Usage(prompt_tokens=prompt, completion_tokens=completion):
+        case ReasoningDelta(text=text):
+            return {"type": "reasoning", "text": text, "id": event_id}
+        case ReasoningSignature(signature=signature):
+            return {"type": "reasoning", "signature": signature, "id": event_id}
+        case ToolCallStart(index=index, id=call_id, name=name):
+            # ``id`` is the event's on this wire, so the call's own id is ``call_id``.
             return {
-                "type": "usage",
-                "prompt_tokens": prompt,
-                "completion_tokens": completion,
+                "type": "tool_call",
+                "index": index,
+                "call_id": call_id,
+                "name": name,
                 "id": event_id,
             }
+        case ToolCallDelta(index=index, arguments=arguments):
+            return {"type": "tool_call", "index": index, "arguments": arguments, "id": event_id}
+        case ToolCallEnd(index=index):
+            return {"type": "tool_call", "index": index, "done": True, "id": event_id}
+        case Usage():
+            return {"type": "usage", **usage_fields(event), "id": event_id}
         case Finish(reason=reason):
             return {"type": "done", "finish_reason": reason, "id": event_id}
         case Failed(error=error):
             return error_message(error) | {"id": event_id}
-    raise AssertionError(f"unknown event {event!r}")
+        case _:
+            assert_never(event)
 
 
 def error_message(error: errors.TokenRelayError) -> dict[str, Any]:
@@ -150,11 +177,12 @@ class ChatSocket:
         self._check_idle()
         next_message()
         conversation_id = turn.conversation_id or self.conversation_id
+        options = ChatOptions(
+            max_tokens=turn.max_tokens, temperature=turn.temperature, script=turn.script
+        )
         if conversation_id is not None:
             conversations = services_of(self.websocket).conversations
-            stored = Turn(
-                turn.content, turn.model, turn.max_tokens, turn.temperature, script=turn.script
-            )
+            stored = Turn(turn.content, turn.model, options)
             started = await conversations.take_turn(self.owner, conversation_id, stored)
             self._follow(started.stream, 0, turn=None)
             return
@@ -163,13 +191,7 @@ class ChatSocket:
         messages = [*self.history, user]
         check_messages(messages, limits)
         check_max_tokens(turn.max_tokens, limits)
-        request = ChatRequest(
-            model=turn.model or "",
-            messages=messages,
-            max_tokens=turn.max_tokens,
-            temperature=turn.temperature,
-            script=turn.script,
-        )
+        request = ChatRequest(turn.model or "", messages, options)
         stream = await self.relay.open(
             request, owner=self.owner, linger=self.settings.streams.resume_grace
         )
@@ -207,7 +229,7 @@ class ChatSocket:
     def _remember(self, user: Message, reply: Message) -> None:
         self.history += [user, reply]
         budget = self.settings.limits.ws_history_max_chars
-        while self.history and sum(len(m.content) for m in self.history) > budget:
+        while self.history and sum(m.size() for m in self.history) > budget:
             del self.history[:2]
 
     async def send(self, message: dict[str, Any]) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tokenrelay import errors
-from tokenrelay.chat import ChatRequest, Message
+from tokenrelay.chat import ChatOptions, ChatRequest, Message
 from tokenrelay.client import Client
 from tokenrelay.config import Settings
 from tokenrelay.events import TextDelta
@@ -63,9 +63,8 @@ async def _check(provider: LocalProvider) -> Outcome:
     name = provider.model_name
     if provider.problem:
         return Outcome(name, problem=provider.problem, skipped=True)
-    request = ChatRequest(
-        model=name, messages=[Message("user", "Say hello.")], max_tokens=4, temperature=0.0
-    )
+    options = ChatOptions(max_tokens=4, temperature=0.0)
+    request = ChatRequest(name, [Message("user", "Say hello.")], options)
     try:
         events = [event async for event in provider.stream(request)]
     except errors.TokenRelayError as exc:

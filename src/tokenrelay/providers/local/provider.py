@@ -73,6 +73,9 @@ def default_threads() -> int:
 class LocalProvider(Provider):
     name = "local"
     Options = LocalOptions
+    # Text only: no tool calling, images or reasoning controls in the embedded model, so a
+    # request asking for them is refused before it waits in the queue.
+    supports = frozenset()
     options: LocalOptions
 
     def __init__(self, model_name: str, config: ModelConfig, context: ProviderContext) -> None:
@@ -151,7 +154,7 @@ class LocalProvider(Provider):
     async def prompt_tokens(self, request: ChatRequest) -> list[int]:
         """The request rendered by the model's own chat template, as the model's tokens."""
         worker = await self.warm_up()
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        messages = [{"role": m.role, "content": m.text} for m in request.messages]
         answer = await worker.request("prompt", messages=messages)
         if "error" in answer:
             raise errors.InvalidRequest(answer["error"])
@@ -182,16 +185,14 @@ class LocalProvider(Provider):
                 ticket.wake.clear()
             # The worker that tokenized the prompt may have died since: this is its successor.
             worker = await self.warm_up()
-            options = self.options
+            options, asked = self.options, request.options
             ident, items = worker.generate(
                 prompt=prompt,
-                max_tokens=min(request.max_tokens or options.max_tokens, room),
-                temperature=options.temperature
-                if request.temperature is None
-                else request.temperature,
-                top_p=options.top_p if request.top_p is None else request.top_p,
-                stop=request.stop,
-                seed=request.seed,
+                max_tokens=min(asked.token_limit or options.max_tokens, room),
+                temperature=options.temperature if asked.temperature is None else asked.temperature,
+                top_p=options.top_p if asked.top_p is None else asked.top_p,
+                stop=None if asked.stop is None else list(asked.stop),
+                seed=asked.seed,
             )
             yield Accepted()
             started = time.monotonic()
