@@ -11,8 +11,20 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-# Chat templates wrap each message in a few tokens of markup (role, separators).
+# Chat templates wrap each message in a few tokens of markup (role, separators); a tool call or
+# a tool result is wrapped the same way (it travels as a block or a message of its own).
 MESSAGE_OVERHEAD = 4
+
+# An image, whatever its size: what the largest image costs where the cost is published.
+# Anthropic's is width x height / 750, about 1,600 tokens at the ~1.15 megapixels it scales
+# images down to; OpenAI's is at most 1,105 (high detail, tiles of 170) and 85 at low detail.
+# The image is a reference (a URL or data URL) the gateway does not fetch or decode, so its
+# size is unknown: one figure, the larger, for every image.
+IMAGE_TOKENS = 1600
+
+# A tool definition is counted as its JSON (name, description, parameters) plus this much of
+# the framing the provider wraps the list of tools in.
+TOOL_OVERHEAD = 8
 
 # Async: the local model's tokenizer lives in its worker process.
 TokenCounter = Callable[[str], Awaitable[int]]

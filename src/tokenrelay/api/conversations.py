@@ -9,19 +9,26 @@ Lists are pages of ``limit`` items (1-100; default 20 conversations, 100 message
 cursor: pass the id of the last item you got as ``after`` for the next page. The answer is
 ``{"object": "list", "data", "first_id", "last_id", "has_more"}``, as OpenAI's lists are. A
 cursor, unlike an offset, neither repeats nor skips items when new ones arrive between pages.
+
+A new message's ``content`` is text or a list of parts: ``text``, ``image_url`` and
+``tool_result`` (``{"type": "tool_result", "tool_call_id", "content"}``, answering a call of
+the reply before); the body takes ``tools`` and the other OpenAI generation fields. A stored
+message shows its text as ``content`` and, when it is more than text, all of it as ``parts``
+(tool calls and reasoning of a reply too; see :mod:`tokenrelay.conversations.parts`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.requests import Request
 from starlette.responses import Response
 
 from tokenrelay import errors
+from tokenrelay.chat import ImagePart, Part, TextPart, ToolResult
 from tokenrelay.conversations.service import Turn
-from tokenrelay.http.bodies import GenerationOptions
+from tokenrelay.http.bodies import ImageURL, RequestOptions
 from tokenrelay.http.responses import JSONResponse, read_json, validate
 from tokenrelay.http.streaming import EventStreamResponse
 from tokenrelay.services import services_of
@@ -46,13 +53,43 @@ class ConversationChanges(BaseModel):
     model: str | None = None
 
 
-class NewMessage(GenerationOptions):
+class TurnPart(BaseModel):
+    """One part of a user's message: what a user may send (never a call, nor reasoning)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    content: str = Field(min_length=1)
+    type: Literal["text", "image_url", "tool_result"]
+    text: str | None = None
+    image_url: ImageURL | None = None
+    tool_call_id: str | None = Field(default=None, min_length=1)
+    content: str | None = None
+
+    @model_validator(mode="after")
+    def _has_its_fields(self) -> TurnPart:
+        needs = {"text": ("text",), "image_url": ("image_url",)}
+        for name in needs.get(self.type, ("tool_call_id", "content")):
+            if getattr(self, name) is None:
+                raise ValueError(f"a {self.type} part needs {name}")
+        return self
+
+    def to_part(self) -> Part:
+        if self.image_url is not None and self.type == "image_url":
+            return ImagePart(self.image_url.url, self.image_url.detail)
+        if self.type == "tool_result":
+            return ToolResult(self.tool_call_id or "", self.content or "")
+        return TextPart(self.text or "")
+
+
+class NewMessage(RequestOptions):
+    model_config = ConfigDict(extra="forbid")
+
+    content: str | list[TurnPart] = Field(min_length=1)
 
     def to_turn(self) -> Turn:
-        return Turn(self.content, self.model, self.to_options())
+        content = self.content
+        if isinstance(content, str):
+            return Turn(content, self.model, self.to_options())
+        return Turn(tuple(part.to_part() for part in content), self.model, self.to_options())
 
 
 def conversation_json(record: ConversationRecord) -> dict[str, Any]:
@@ -79,6 +116,7 @@ def message_json(record: MessageRecord) -> dict[str, Any]:
         "conversation_id": record.conversation_id,
         "role": record.role,
         "content": record.content,
+        "parts": record.parts,
         "status": record.status,
         "error_code": record.error_code,
         "finish_reason": record.finish_reason,

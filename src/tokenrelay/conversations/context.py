@@ -1,15 +1,54 @@
 """Fit a conversation into a model's context window: the system prompt and the newest turns.
 
 Tokens are counted by the provider when it can, else estimated (:mod:`tokenrelay.tokens`).
+Everything the model reads is counted: text, reasoning carried back, tool calls (name and
+arguments) and results, each image as :data:`~tokenrelay.tokens.IMAGE_TOKENS`, and the tool
+definitions of the request (their JSON, plus :data:`~tokenrelay.tokens.TOOL_OVERHEAD` each).
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tokenrelay import errors
-from tokenrelay.chat import Message
-from tokenrelay.tokens import MESSAGE_OVERHEAD, TokenCounter, estimated_tokens
+from tokenrelay.chat import ImagePart, Message, ReasoningPart, TextPart, Tool, ToolCall, ToolResult
+from tokenrelay.conversations.parts import answers_calls
+from tokenrelay.tokens import (
+    IMAGE_TOKENS,
+    MESSAGE_OVERHEAD,
+    TOOL_OVERHEAD,
+    TokenCounter,
+    estimated_tokens,
+)
+
+
+def countable(message: Message) -> tuple[str, int]:
+    """The text a model reads in ``message``, and the tokens its other parts cost."""
+    if isinstance(message.content, str):
+        return message.content, 0
+    texts: list[str] = []
+    fixed = 0
+    for part in message.content:
+        match part:
+            case TextPart(text=text) | ReasoningPart(text=text):
+                texts.append(text)
+            case ToolCall(name=name, arguments=arguments):
+                texts += (name, arguments)
+                fixed += MESSAGE_OVERHEAD
+            case ToolResult(content=content):
+                texts.append(content)
+                fixed += MESSAGE_OVERHEAD
+            case ImagePart():
+                fixed += IMAGE_TOKENS
+    return "\n".join(texts), fixed
+
+
+def tool_json(tool: Tool) -> str:
+    return json.dumps(
+        {"name": tool.name, "description": tool.description, "parameters": tool.parameters}
+    )
 
 
 @dataclass
@@ -30,14 +69,21 @@ class ContextFitter:
     _turns: list[Message] = field(default_factory=list)
 
     async def cost(self, message: Message) -> int:
-        return await self.count(message.text) + MESSAGE_OVERHEAD
+        text, fixed = countable(message)
+        return await self.count(text) + fixed + MESSAGE_OVERHEAD
 
-    async def start(self, system: list[Message], new: Message) -> None:
+    async def start(self, system: list[Message], new: Message, tools: Sequence[Tool] = ()) -> None:
         self.system = system
         self.used = sum([await self.cost(m) for m in [*system, new]])
+        self.used += sum([await self.count(tool_json(t)) + TOOL_OVERHEAD for t in tools])
         if self.used > self.budget:
+            what = (
+                "the system prompt, the tools and this message"
+                if tools
+                else ("the system prompt and this message")
+            )
             raise errors.ContextLengthExceeded(
-                f"the system prompt and this message need about {self.used} tokens; the "
+                f"{what} need about {self.used} tokens; the "
                 f"model's context window leaves {self.budget} for them"
             )
         self._turns = [new]
@@ -61,7 +107,10 @@ class ContextFitter:
         """System messages, then the kept turns oldest first, starting with a user message."""
         turns = self._turns[::-1]
         # A reply whose question was dropped would open the history with the assistant, which
-        # some upstreams (Anthropic's) refuse.
-        while self.dropped and len(turns) > 1 and turns[0].role != "user":
+        # some upstreams (Anthropic's) refuse; tool results whose calls were dropped, with
+        # results nothing asked for, which every upstream refuses.
+        while (
+            self.dropped and len(turns) > 1 and (turns[0].role != "user" or answers_calls(turns[0]))
+        ):
             turns.pop(0)
         return [*self.system, *turns]

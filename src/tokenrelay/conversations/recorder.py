@@ -1,10 +1,14 @@
 """Write a streaming reply into the store as it grows, then its end.
 
 A :class:`Recorder` reads a stream's log from the start exactly as a client does, but is not a
-viewer: it never keeps a generation alive nor stops one. It checkpoints the text at a bounded
+viewer: it never keeps a generation alive nor stops one. It checkpoints the reply at a bounded
 rate (every ``interval`` seconds, or sooner once ``max_pending`` deltas wait), so a crash
 loses at most that much; slow writes only make it coalesce more text per write, never slow the
 generation. The relay knows nothing of it.
+
+Reasoning (with its signature) is stored with the text as it streams; tool calls only with a
+reply that ended well: a call cut off has arguments that are not whole JSON, and a call sent
+back to a model without its result is refused by the upstreams that take tools.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from dataclasses import dataclass
 from sqlalchemy.exc import SQLAlchemyError
 
 from tokenrelay import errors
-from tokenrelay.events import Failed, Finish, TextDelta, Usage
+from tokenrelay.conversations.parts import stored_parts
+from tokenrelay.events import DELTAS, Failed, Finish
+from tokenrelay.relay.reply import Reply
 from tokenrelay.relay.stream import Stream
 from tokenrelay.store.models import MessageStatus
 from tokenrelay.store.repository import Store
@@ -61,24 +67,21 @@ class Recorder:
     async def run(self) -> None:
         log = self.stream.log
         loop = asyncio.get_running_loop()
-        parts: list[str] = []
-        usage: Usage | None = None
+        reply = Reply()
         offset = 0
         pending = 0
         last_write = loop.time()
         while True:
             for event in log.events[offset:]:
-                if isinstance(event, TextDelta):
-                    parts.append(event.text)
+                reply.add(event)
+                if isinstance(event, DELTAS):
                     pending += 1
-                elif isinstance(event, Usage):
-                    usage = event
             offset = len(log.events)
             if log.closed:
                 break
             due = last_write + self.interval
             if pending and (pending >= self.max_pending or loop.time() >= due):
-                await self._checkpoint("".join(parts))
+                await self._checkpoint(reply)
                 pending = 0
                 last_write = loop.time()
                 continue
@@ -86,16 +89,18 @@ class Recorder:
         last = log.events[-1]
         assert isinstance(last, Finish | Failed)
         outcome = outcome_of(last)
+        usage = reply.usage
         await self._finish(
-            "".join(parts),
+            reply,
             outcome,
             usage.prompt_tokens if usage else None,
             usage.completion_tokens if usage else None,
         )
 
-    async def _checkpoint(self, content: str) -> None:
+    async def _checkpoint(self, reply: Reply) -> None:
+        parts = stored_parts(reply.parts(calls=False))
         try:
-            await self.store.checkpoint(self.message_id, content)
+            await self.store.checkpoint(self.message_id, "".join(reply.text), parts)
             self.checkpoints += 1
         except (SQLAlchemyError, OSError) as exc:
             # The next checkpoint carries this text too; a failed one loses nothing yet.
@@ -103,16 +108,19 @@ class Recorder:
 
     async def _finish(
         self,
-        content: str,
+        reply: Reply,
         outcome: Outcome,
         prompt_tokens: int | None,
         completion_tokens: int | None,
     ) -> None:
+        content = "".join(reply.text)
+        parts = stored_parts(reply.parts(calls=outcome.status == "complete"))
         for attempt in range(1, FINAL_WRITE_ATTEMPTS + 1):
             try:
                 await self.store.finish_reply(
                     self.message_id,
                     content=content,
+                    parts=parts,
                     status=outcome.status,
                     error_code=outcome.error_code,
                     finish_reason=outcome.finish_reason,

@@ -18,9 +18,10 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from tokenrelay import errors
-from tokenrelay.chat import ChatOptions, ChatRequest, Message, Role
+from tokenrelay.chat import ChatOptions, ChatRequest, ImagePart, Message, Part
 from tokenrelay.config import Settings
 from tokenrelay.conversations.context import ContextFitter
+from tokenrelay.conversations.parts import for_model, stored_message, stored_parts
 from tokenrelay.conversations.recorder import Recorder
 from tokenrelay.limits.bounds import check_max_tokens
 from tokenrelay.providers.base import Provider
@@ -50,9 +51,12 @@ TITLE_PROMPT = (
 
 @dataclass(slots=True)
 class Turn:
-    """A new user message and the options for its reply."""
+    """A new user message and the options for its reply.
 
-    content: str
+    ``content`` is text, or parts: text, images and the results of the tools the last reply
+    called."""
+
+    content: str | tuple[Part, ...]
     model: str | None = None
     options: ChatOptions = field(default_factory=ChatOptions)
 
@@ -137,12 +141,13 @@ class Conversations:
     async def _take_turn(self, conversation: ConversationRecord, turn: Turn) -> StartedTurn:
         limits = self.settings.limits
         owner, conversation_id = conversation.owner, conversation.id
-        if not turn.content:
+        new = Message(role="user", content=turn.content)
+        size = new.size()
+        if not size and not any(isinstance(p, ImagePart) for p in new.parts):
             raise errors.InvalidRequest("content must not be empty")
-        if len(turn.content) > limits.max_message_chars:
+        if size > limits.max_message_chars:
             raise errors.PayloadTooLarge(
-                f"content is {len(turn.content)} characters "
-                f"(the limit is {limits.max_message_chars})"
+                f"content is {size} characters (the limit is {limits.max_message_chars})"
             )
         check_max_tokens(turn.options.token_limit, limits)
         name, provider = self.relay.provider_for(turn.model or conversation.model)
@@ -155,13 +160,13 @@ class Conversations:
                 f"this conversation holds {limits.max_messages_per_conversation} messages "
                 "(the limit); start a new one"
             )
-        new = Message(role="user", content=turn.content)
-        fitted = await self._context(conversation_id, provider, new, turn.options.token_limit)
+        fitted = await self._context(conversation_id, provider, new, turn.options)
         messages = fitted.messages
         admitted = await self.relay.admit(ChatRequest(name, messages, turn.options), owner)
-        first_title = fallback_title(turn.content) if conversation.title is None else None
+        first_title = fallback_title(new.text) if conversation.title is None else None
+        stored = ("user", new.text, stored_parts(turn.content))
         [user] = await self.store.add_messages(
-            conversation_id, [("user", turn.content)], fallback_title=first_title
+            conversation_id, [stored], fallback_title=first_title
         )
         if fitted.dropped:
             # After the user's message is stored: this is a whole generation, and a crash
@@ -199,12 +204,14 @@ class Conversations:
             max_pending=settings.checkpoint_tokens,
         )
         self.recorders[reply.id] = recorder
-        self._spawn(self._record(conversation, recorder, first_title, turn.content))
+        self._spawn(self._record(conversation, recorder, first_title, new.text))
         return StartedTurn(stream=stream, user=user, reply=reply)
 
     async def _context(
-        self, conversation_id: str, provider: Provider, new: Message, max_tokens: int | None
+        self, conversation_id: str, provider: Provider, new: Message, options: ChatOptions
     ) -> Fitted:
+        """The fitted history, in the shape providers take (see :func:`for_model`)."""
+        max_tokens = options.token_limit
         settings = self.settings.conversations
         window = provider.context_window or settings.default_context_window
         reserve = max_tokens if max_tokens is not None else min(settings.reply_reserve, window // 4)
@@ -216,20 +223,20 @@ class Conversations:
             max_messages=self.settings.limits.max_messages - (1 if summarize else 0),
         )
         system = await self.store.system_messages(conversation_id)
-        await fitter.start([Message(role="system", content=m.content) for m in system], new)
+        system_messages = [Message(role="system", content=m.content) for m in system]
+        await fitter.start(system_messages, new, options.tools)
         dropped: list[Message] = []
         async with contextlib.aclosing(self.store.history(conversation_id)) as history:
             async for record in history:
-                if not record.content:
+                if not record.content and not record.parts:
                     continue
-                role: Role = "assistant" if record.role == "assistant" else "user"
-                message = Message(role=role, content=record.content)
+                message = stored_message(record.role, record.content, record.parts)
                 if await fitter.add(message):
                     continue
                 if not summarize or len(dropped) >= SUMMARY_MAX_MESSAGES:
                     break
                 dropped.append(message)
-        return Fitted(fitter.messages(), len(fitter.system), dropped[::-1], window)
+        return Fitted(for_model(fitter.messages()), len(fitter.system), dropped[::-1], window)
 
     async def _summarize(
         self, owner: str | None, model: str, dropped: list[Message], window: int

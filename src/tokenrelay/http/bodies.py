@@ -208,10 +208,10 @@ class GenerationOptions(BaseModel):
         )
 
 
-class ChatFields(GenerationOptions):
-    """Fields shared by the OpenAI, native and seed-style wires."""
+class RequestOptions(GenerationOptions):
+    """The generation options with tools, structured output and reasoning: what a wire that
+    takes OpenAI's fields accepts beside its messages (the conversation routes too)."""
 
-    messages: list[WireMessage]
     max_completion_tokens: int | None = Field(default=None, ge=1, strict=True)
     tools: list[WireTool] | None = None
     tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
@@ -221,13 +221,10 @@ class ChatFields(GenerationOptions):
     user: str | None = None
     metadata: dict[str, Any] | None = None
 
-    def to_request(
-        self, limits: Limits, *, dialect: Dialect = "native", extra: dict[str, Any] | None = None
-    ) -> ChatRequest:
-        messages = [m.to_message(index) for index, m in enumerate(self.messages)]
-        check_messages(messages, limits)
-        check_max_tokens(self.max_completion_tokens, limits)
-        options = ChatOptions(
+    def to_options(
+        self, *, dialect: Dialect = "native", extra: dict[str, Any] | None = None
+    ) -> ChatOptions:
+        return ChatOptions(
             max_tokens=self.max_tokens,
             max_completion_tokens=self.max_completion_tokens,
             temperature=self.temperature,
@@ -247,6 +244,20 @@ class ChatFields(GenerationOptions):
             dialect=dialect,
             script=self.script,
         )
+
+
+class ChatFields(RequestOptions):
+    """Fields shared by the OpenAI, native and seed-style wires."""
+
+    messages: list[WireMessage]
+
+    def to_request(
+        self, limits: Limits, *, dialect: Dialect = "native", extra: dict[str, Any] | None = None
+    ) -> ChatRequest:
+        messages = [m.to_message(index) for index, m in enumerate(self.messages)]
+        check_messages(messages, limits)
+        check_max_tokens(self.max_completion_tokens, limits)
+        options = self.to_options(dialect=dialect, extra=extra)
         check_max_tokens(self.max_tokens, limits)
         return ChatRequest(model=self.model or "", messages=messages, options=options)
 

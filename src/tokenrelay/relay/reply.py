@@ -1,4 +1,5 @@
-"""A stream's events folded into the whole reply, for the wires that answer ``stream: false``."""
+"""A stream's events folded into the whole reply: for the wires that answer ``stream: false``,
+and for the recorder that stores it."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import assert_never
 
+from tokenrelay.chat import Part, ReasoningPart, TextPart, ToolCall
 from tokenrelay.events import (
     Event,
     Failed,
@@ -45,28 +47,44 @@ class Reply:
     usage: Usage | None = None
     finish: str = "stop"
 
-
-def collect(events: Iterable[Event]) -> Reply:
-    reply = Reply()
-    for event in events:
+    def add(self, event: Event) -> None:
         match event:
             case TextDelta(text=text):
-                reply.text.append(text)
+                self.text.append(text)
             case ReasoningDelta(text=text):
-                reply.reasoning.append(text)
+                self.reasoning.append(text)
             case ReasoningSignature(signature=signature):
-                reply.signature = signature
+                self.signature = signature
             case ToolCallStart(index=index, id=call_id, name=name):
-                reply.calls[index] = Call(call_id, name)
+                self.calls[index] = Call(call_id, name)
             case ToolCallDelta(index=index, arguments=arguments):
-                if index in reply.calls:
-                    reply.calls[index].arguments.append(arguments)
+                if index in self.calls:
+                    self.calls[index].arguments.append(arguments)
             case Usage():
-                reply.usage = event
+                self.usage = event
             case Finish(reason=reason):
-                reply.finish = reason
+                self.finish = reason
             case Opened() | Queued() | ToolCallEnd() | Failed():
                 pass
             case _:
                 assert_never(event)
+
+    def parts(self, *, calls: bool = True) -> tuple[Part, ...]:
+        """The reply as content parts: reasoning, then text, then the calls in index order."""
+        parts: list[Part] = []
+        if self.reasoning or self.signature is not None:
+            parts.append(ReasoningPart("".join(self.reasoning), self.signature))
+        if self.text:
+            parts.append(TextPart("".join(self.text)))
+        if calls:
+            for index in sorted(self.calls):
+                call = self.calls[index]
+                parts.append(ToolCall(call.id, call.name, call.joined))
+        return tuple(parts)
+
+
+def collect(events: Iterable[Event]) -> Reply:
+    reply = Reply()
+    for event in events:
+        reply.add(event)
     return reply

@@ -8,9 +8,10 @@ a clock, orders a conversation's messages.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     CheckConstraint,
     DateTime,
@@ -111,3 +112,6 @@ class MessageRow(Base):
     # While a reply streams, the instance streaming it keeps pushing this forward; a reply
     # left ``streaming`` past it lost its instance (a crash) and is marked ``interrupted``.
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The content parts when the message is more than text (see ``conversations.parts``);
+    # ``content`` keeps its text either way. SQL NULL, not JSON null, for a text-only message.
+    parts: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON(none_as_null=True))

@@ -36,6 +36,10 @@ from tokenrelay.store.engine import WRITE, create_engine
 from tokenrelay.store.models import ConversationRow, MessageRow, MessageStatus, utcnow
 
 T = TypeVar("T")
+# A message's content parts as JSON objects; the store keeps them as it is given them.
+StoredParts = list[dict[str, Any]]
+# ``(role, content)`` or ``(role, content, parts)``.
+NewMessage = tuple[str, str] | tuple[str, str, StoredParts | None]
 REOPENABLE = ("streaming", "interrupted")
 # Leases renewed per statement: a bounded IN list whatever the number of live replies.
 RENEW_BATCH = 500
@@ -70,6 +74,7 @@ class MessageRecord:
     created_at: datetime
     updated_at: datetime
     lease_until: datetime | None = None
+    parts: StoredParts | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,21 +308,23 @@ class Store:
     async def add_messages(
         self,
         conversation_id: str,
-        turns: list[tuple[str, str]],
+        turns: list[NewMessage],
         *,
         model: str | None = None,
         fallback_title: str | None = None,
     ) -> list[MessageRecord]:
-        """Append complete messages (``(role, content)`` pairs) in order.
+        """Append complete messages (``(role, content)`` or ``(role, content, parts)``) in order.
 
         ``fallback_title`` becomes the title of a conversation that has none yet.
         """
         now = utcnow()
-        values = [
-            _new_message(conversation_id, role, body, "complete", now) for role, body in turns
-        ]
-        for value in values:
-            value["model"] = model if value["role"] == "assistant" else None
+        values = []
+        for role, body, *parts in turns:
+            value = _new_message(conversation_id, role, body, "complete", now)
+            value.update(
+                model=model if role == "assistant" else None, parts=next(iter(parts), None)
+            )
+            values.append(value)
         async with self._write() as connection:
             inserted = await connection.execute(
                 insert(messages).returning(messages.c.seq, sort_by_parameter_order=True), values
@@ -347,13 +354,15 @@ class Store:
         value["seq"] = _primary_key(result)
         return MessageRecord(**value)
 
-    async def checkpoint(self, message_id: str, content: str) -> None:
-        """Save the text so far of a reply that is still streaming."""
+    async def checkpoint(
+        self, message_id: str, content: str, parts: StoredParts | None = None
+    ) -> None:
+        """Save the text (and parts) so far of a reply that is still streaming."""
         async with self._write() as connection:
             await connection.execute(
                 update(messages)
                 .where(messages.c.id == message_id, messages.c.status.in_(REOPENABLE))
-                .values(content=content, status="streaming", updated_at=utcnow())
+                .values(content=content, parts=parts, status="streaming", updated_at=utcnow())
             )
 
     async def renew_replies(self, message_ids: Collection[str], lease: float) -> None:
@@ -379,6 +388,7 @@ class Store:
         *,
         content: str,
         status: MessageStatus,
+        parts: StoredParts | None = None,
         error_code: str | None = None,
         finish_reason: str | None = None,
         prompt_tokens: int | None = None,
@@ -391,6 +401,7 @@ class Store:
                 .where(messages.c.id == message_id)
                 .values(
                     content=content,
+                    parts=parts,
                     status=status,
                     error_code=error_code,
                     finish_reason=finish_reason,
@@ -466,4 +477,5 @@ def _new_message(
         "completion_tokens": None,
         "created_at": now,
         "updated_at": now,
+        "parts": None,
     }
