@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from tests.browsers import CHROMIUM, launched
@@ -405,3 +406,76 @@ async def test_a_queued_reply_shows_its_place_in_the_queue(browser: Any) -> None
         statuses: list[str] = await page.evaluate("window.__statuses")
         assert "queued, #2" in statuses
         assert await reply_text(page) == "served"
+
+
+THOUGHT = "The user wants the weather, so I should call the weather tool for Paris first."
+WEATHER_CALL = {"id": "call_w1", "name": "get_weather", "arguments": {"city": "Paris"}}
+
+
+async def test_reasoning_streams_collapsed_and_a_tool_call_shows_as_a_call_not_text(
+    browser: Any, tmp_path: Path
+) -> None:
+    models = demo(reasoning=THOUGHT, tool_calls=[{**WEATHER_CALL, "fragment": 3}], delay=0.05)
+    database = await fresh_database(tmp_path)
+    last = ".message.assistant:last-of-type"
+    async with (
+        serve(models=models, database_url=database) as gateway,
+        chat_page(browser, gateway) as page,
+    ):
+        await ask(page, "Weather in Paris?")
+        await page.wait_for_selector(f"{last}[aria-busy=true] details.reasoning", timeout=WAIT_MS)
+        thinking = await page.text_content(f"{last} details.reasoning summary")
+        open_while_streaming = await page.get_attribute(f"{last} details.reasoning", "open")
+        text_hidden = not await page.is_visible(f"{last} .reasoning-text")
+        await wait_until_done(page)
+        await page.click(f"{last} details.reasoning summary")
+        shown = await page.text_content(f"{last} .reasoning-text")
+        name = await page.text_content(f"{last} .tool-call .tool-name")
+        arguments = await page.text_content(f"{last} .tool-call .tool-arguments")
+        # Everything in the reply's body but the reasoning and the call: the reply's text.
+        prose = await page.evaluate(
+            f"""[...document.querySelector('{last} .body').children]
+                .filter((el) => !el.matches('.reasoning, .tool-call'))
+                .map((el) => el.textContent).join('')"""
+        )
+        await page.reload()
+        await page.wait_for_selector(f"{last} .tool-call", timeout=WAIT_MS)
+        stored_name = await page.text_content(f"{last} .tool-call .tool-name")
+        stored_summary = await page.text_content(f"{last} details.reasoning summary")
+        stored_thought = await page.text_content(f"{last} .reasoning-text")
+        assert page.errors == []
+
+    assert thinking == "Thinking…" and open_while_streaming is None and text_hidden
+    assert shown == THOUGHT
+    assert name == "get_weather"
+    assert arguments is not None and orjson.loads(arguments) == {"city": "Paris"}
+    assert prose == ""
+    assert (stored_name, stored_summary, stored_thought) == ("get_weather", "Thought", THOUGHT)
+
+
+async def test_a_reload_mid_reasoning_reattaches_with_no_gap_or_repeat(browser: Any) -> None:
+    thought = " ".join(f"step{i:02d}" for i in range(40))
+    models = demo(reasoning=thought, text="Done thinking.", tool_calls=[WEATHER_CALL], delay=0.04)
+    last = ".message.assistant:last-of-type"
+    async with (
+        serve(models=models) as gateway,
+        chat_page(browser, gateway) as page,
+    ):
+        await ask(page, "think hard")
+        await page.wait_for_function(
+            f"(document.querySelector('{last} .reasoning-text')?.textContent ?? '').length > 60",
+            timeout=WAIT_MS,
+        )
+        [stream] = gateway.relay.streams.values()
+        await page.reload()
+        await page.wait_for_selector(f"{last}[aria-busy=true]", timeout=WAIT_MS)
+        reattached = not stream.finished
+        await wait_until_done(page)
+        shown = await page.text_content(f"{last} .reasoning-text")
+        name = await page.text_content(f"{last} .tool-call .tool-name")
+        started = gateway.relay.started_total
+        assert page.errors == []
+
+    assert reattached and started == 1
+    assert shown == thought
+    assert name == "get_weather"

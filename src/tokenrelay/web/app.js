@@ -229,11 +229,23 @@ async function openConversation(id) {
       status: message.status,
       streamId: message.stream_id,
       errorCode: message.error_code,
+      ...fromParts(message.parts),
     });
   }
   const conversation = state.conversations.find((c) => c.id === id);
   if (conversation?.model) selectModel(conversation.model);
   reattach();
+}
+
+/** A stored message's reasoning, tool calls and tool results, as a live reply has them. */
+function fromParts(parts) {
+  const out = { reasoning: "", toolCalls: [], toolResults: [] };
+  for (const part of parts ?? []) {
+    if (part.type === "reasoning") out.reasoning += part.text;
+    else if (part.type === "tool_call") out.toolCalls.push({ ...part, done: true });
+    else if (part.type === "tool_result") out.toolResults.push(part);
+  }
+  return out;
 }
 
 function newChat() {
@@ -255,11 +267,13 @@ function restoreMemory() {
 
 function saveMemory() {
   if (state.mode !== "memory") return;
-  const messages = state.messages.map(({ role, content, status, streamId }) => ({
-    role,
-    content,
-    status,
-    streamId,
+  const messages = state.messages.map((m) => ({
+    role: m.role,
+    content: m.content,
+    status: m.status,
+    streamId: m.streamId,
+    reasoning: m.reasoning,
+    toolCalls: m.toolCalls,
   }));
   save(sessionStorage, STORE.memory, messages);
 }
@@ -281,7 +295,7 @@ function reattach() {
   // nor skips; without them, the whole stream is replayed from its start.
   const resume =
     live?.streamId === last.streamId
-      ? { streamId: live.streamId, lastEventId: live.lastEventId, text: live.text }
+      ? { ...live }
       : { streamId: last.streamId, lastEventId: 0, text: "" };
   follow(last, { resume });
 }
@@ -323,15 +337,79 @@ function addMessage(message) {
 
 function paint(message) {
   if (message.role === "assistant") {
-    message.body.replaceChildren(render(message.content));
-    if (!message.content && message.status === "streaming") {
+    const streaming = message.status === "streaming";
+    const calls = (message.toolCalls ?? []).filter(Boolean);
+    const shown = [];
+    if (message.reasoning) shown.push(reasoningBlock(message, streaming));
+    shown.push(render(message.content));
+    for (const call of calls) shown.push(toolCallBlock(call));
+    message.body.replaceChildren(...shown);
+    if (!message.content && !message.reasoning && !calls.length && streaming) {
       message.body.append(dots());
     }
   } else {
     message.body.textContent = message.content;
+    for (const result of message.toolResults ?? []) message.body.append(toolResultBlock(result));
   }
   message.el.dataset.status = message.status ?? "complete";
   message.el.setAttribute("aria-busy", String(message.status === "streaming"));
+}
+
+/**
+ * The model's reasoning, collapsed: "Thinking…" while it streams, expandable to read it. The
+ * reader's open or closed choice survives the repaints.
+ */
+function reasoningBlock(message, streaming) {
+  const details = document.createElement("details");
+  details.className = "reasoning";
+  details.open = message.reasoningOpen ?? false;
+  details.addEventListener("toggle", () => (message.reasoningOpen = details.open));
+  const summary = document.createElement("summary");
+  const thinking = streaming && !message.content && !(message.toolCalls ?? []).some(Boolean);
+  summary.textContent = thinking ? "Thinking…" : "Thought";
+  const text = document.createElement("div");
+  text.className = "reasoning-text";
+  text.textContent = message.reasoning;
+  details.append(summary, text);
+  return details;
+}
+
+/** A tool call as what it is: the function's name and its arguments, never reply text. */
+function toolCallBlock(call) {
+  const block = document.createElement("div");
+  block.className = "tool-call";
+  block.dataset.done = String(Boolean(call.done));
+  const name = document.createElement("span");
+  name.className = "tool-name";
+  name.textContent = call.name;
+  const args = document.createElement("pre");
+  args.className = "tool-arguments";
+  args.textContent = prettyJSON(call.arguments, call.done);
+  block.append(name, args);
+  return block;
+}
+
+function toolResultBlock(result) {
+  const block = document.createElement("div");
+  block.className = "tool-result";
+  const label = document.createElement("span");
+  label.className = "tool-name";
+  label.textContent = `result of ${result.tool_call_id}`;
+  const content = document.createElement("pre");
+  content.className = "tool-arguments";
+  content.textContent = result.content;
+  block.append(label, content);
+  return block;
+}
+
+/** Whole JSON indented; fragments still streaming as they came (they are not JSON yet). */
+function prettyJSON(text, done) {
+  if (!done) return text;
+  try {
+    return JSON.stringify(JSON.parse(text || "{}"), null, 2);
+  } catch {
+    return text;
+  }
 }
 
 function dots() {
@@ -463,6 +541,10 @@ function onEvent(live, event) {
       live.tokens += 1;
       schedulePaint(live);
       break;
+    case "reasoning":
+    case "tool_call":
+      schedulePaint(live);
+      break;
     case "usage":
       live.usage = event;
       break;
@@ -482,7 +564,7 @@ function schedulePaint(live) {
   live.frame = requestAnimationFrame(() => {
     live.frame = 0;
     if (state.live !== live) return;
-    live.message.content = live.reply.text;
+    takeReply(live.message, live.reply);
     paint(live.message);
     scrollToEnd();
     remember(live);
@@ -490,9 +572,24 @@ function schedulePaint(live) {
   });
 }
 
+function takeReply(message, reply) {
+  message.content = reply.text;
+  message.reasoning = reply.reasoning;
+  message.toolCalls = reply.toolCalls.filter(Boolean).map((call) => ({ ...call }));
+}
+
 function remember(live) {
-  const { streamId, lastEventId, text } = live.reply;
-  if (streamId) save(sessionStorage, STORE.live, { streamId, lastEventId, text });
+  const { streamId, lastEventId, text, reasoning, signature, toolCalls } = live.reply;
+  if (!streamId) return;
+  const calls = toolCalls.filter(Boolean);
+  save(sessionStorage, STORE.live, {
+    streamId,
+    lastEventId,
+    text,
+    reasoning,
+    signature,
+    toolCalls: calls,
+  });
 }
 
 function rate(live) {
@@ -507,7 +604,7 @@ function finished(live, result) {
   state.live = null;
   save(sessionStorage, STORE.live, null);
   const message = live.message;
-  message.content = result.text;
+  takeReply(message, result);
   message.status = result.status === "aborted" ? "streaming" : result.status;
   paint(message);
   scrollToEnd();

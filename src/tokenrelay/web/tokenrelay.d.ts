@@ -9,8 +9,9 @@
 //     });
 //     for await (const event of reply) {
 //       if (event.type === "token") output.append(event.text);
+//       if (event.type === "reasoning" && event.text) thoughts.append(event.text);
 //     }
-//     const { status, text, error } = await reply.done;
+//     const { status, text, reasoning, toolCalls, error } = await reply.done;
 //
 // A dropped connection is resumed with `GET /v1/streams/{sid}` and `Last-Event-ID`, with
 // exponential backoff; events already seen are never delivered twice, none is skipped.
@@ -20,9 +21,45 @@ export type StreamEvent =
   | { type: "stream"; id: number; stream_id: string; model: string }
   | { type: "queued"; id: number; position: number }
   | { type: "token"; id: number; text: string }
-  | { type: "usage"; id: number; prompt_tokens: number; completion_tokens: number }
+  | ReasoningEvent
+  | ToolCallEvent
+  | {
+      type: "usage";
+      id: number;
+      prompt_tokens: number;
+      completion_tokens: number;
+      cached_tokens?: number;
+      cache_creation_tokens?: number;
+      reasoning_tokens?: number;
+    }
   | { type: "done"; id: number; finish_reason: string }
   | ErrorEvent;
+
+/** The model thinking aloud: text deltas, then (where the provider gives one) its signature. */
+export type ReasoningEvent =
+  | { type: "reasoning"; id: number; text: string; signature?: undefined }
+  | { type: "reasoning"; id: number; signature: string; text?: undefined };
+
+/**
+ * A tool call, by `index` (0, 1… within the reply; several may be open at once): it starts
+ * with its `call_id` and `name`, grows by `arguments` fragments (JSON text only whole once
+ * joined), and ends with `done`. The server's SSE field `id` is given here as `call_id`.
+ */
+export type ToolCallEvent =
+  | { type: "tool_call"; id: number; index: number; call_id: string; name: string }
+  | { type: "tool_call"; id: number; index: number; arguments: string }
+  | { type: "tool_call"; id: number; index: number; done: true };
+
+/** A call as the reply has it so far. */
+export interface ToolCall {
+  index: number;
+  /** The call's id, to answer it with a tool result. */
+  id: string;
+  name: string;
+  /** JSON text; `""` until the first fragment (a call that ends so took no arguments). */
+  arguments: string;
+  done: boolean;
+}
 
 /**
  * The last event of a failed reply: from the server (`id` > 0, a code from the gateway's
@@ -62,6 +99,11 @@ export interface ChatResult {
   status: Exclude<ReplyStatus, "connecting" | "streaming">;
   /** The whole reply text, including text from before a resume. */
   text: string;
+  /** The reasoning streamed before (or between) the text, and its signature if any. */
+  reasoning: string;
+  signature: string | null;
+  /** The tool calls, in index order. */
+  toolCalls: ToolCall[];
   streamId: string | null;
   model: string | null;
   lastEventId: number;
@@ -94,7 +136,14 @@ export interface StreamChatOptions {
   /** Called with every event, in order, before iterators see it. */
   onEvent?: (event: ChatEvent, reply: Reply) => void;
   /** Re-attach to a live stream instead of starting one (e.g. after a page reload). */
-  resume?: { streamId: string; lastEventId?: number; text?: string };
+  resume?: {
+    streamId: string;
+    lastEventId?: number;
+    text?: string;
+    reasoning?: string;
+    signature?: string | null;
+    toolCalls?: ToolCall[];
+  };
   /** Where `v1/streams/{sid}` lives; by default the part of `url` before `/v1/`. */
   baseUrl?: string;
   retry?: RetryOptions;
@@ -113,6 +162,10 @@ export declare class Reply implements AsyncIterable<ChatEvent> {
   readonly model: string | null;
   readonly lastEventId: number;
   readonly text: string;
+  readonly reasoning: string;
+  readonly signature: string | null;
+  /** Indexed by the call's `index`. */
+  readonly toolCalls: ToolCall[];
   readonly finishReason: string | null;
   readonly usage: ChatResult["usage"];
   readonly error: TokenRelayError | null;

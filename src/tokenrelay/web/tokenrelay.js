@@ -2,8 +2,10 @@
 //
 // One ES module for browsers and Node 18+ (types in tokenrelay.d.ts, a React hook in
 // docs/react.md). Both transports yield the same events: the native wire's own (`stream`,
-// `queued`, `token`, `usage`, `done`, `error`, each with its `id`) plus `reconnecting` and
-// `reconnected` while the client resumes a dropped connection from the last id it saw.
+// `queued`, `token`, `reasoning`, `tool_call`, `usage`, `done`, `error`, each with its `id`)
+// plus `reconnecting` and `reconnected` while the client resumes a dropped connection from the
+// last id it saw. A `tool_call` event carries the call's own id as `call_id` on both (the SSE
+// wire sends it as `id`, which here is always the event's).
 
 const TERMINAL = new Set(["done", "error"]);
 const DEFAULT_RETRY = { retries: 8, baseDelay: 250, maxDelay: 8000 };
@@ -136,6 +138,9 @@ export class Reply {
   model = null;
   lastEventId = 0;
   text = "";
+  reasoning = "";
+  signature = null;
+  toolCalls = [];
   finishReason = null;
   usage = null;
   error = null;
@@ -152,6 +157,9 @@ export class Reply {
       this.streamId = resume.streamId;
       this.lastEventId = Number(resume.lastEventId ?? 0);
       this.text = resume.text ?? "";
+      this.reasoning = resume.reasoning ?? "";
+      this.signature = resume.signature ?? null;
+      for (const call of resume.toolCalls ?? []) this.toolCalls[call.index] = { ...call };
     }
     /** Resolves with the reply's result when the reply has ended (it never rejects). */
     this.done = new Promise((resolve) => (this.#finish = resolve));
@@ -179,6 +187,13 @@ export class Reply {
       case "token":
         this.text += event.text;
         break;
+      case "reasoning":
+        if (event.text !== undefined) this.reasoning += event.text;
+        if (event.signature !== undefined) this.signature = event.signature;
+        break;
+      case "tool_call":
+        this.#toolCall(event);
+        break;
       case "usage":
         this.usage = {
           prompt_tokens: event.prompt_tokens,
@@ -198,6 +213,23 @@ export class Reply {
     if (event.type === "done") this.end("complete");
     else if (event.type === "error") this.end(event.code === "cancelled" ? "cancelled" : "error");
     return true;
+  }
+
+  /** A call starts (`name`), grows (`arguments`, a fragment of JSON text) or ends (`done`). */
+  #toolCall(event) {
+    if (event.name !== undefined) {
+      this.toolCalls[event.index] = {
+        index: event.index,
+        id: event.call_id,
+        name: event.name,
+        arguments: "",
+        done: false,
+      };
+    }
+    const call = this.toolCalls[event.index];
+    if (!call) return;
+    if (event.arguments !== undefined) call.arguments += event.arguments;
+    if (event.done) call.done = true;
   }
 
   /** The server has named the stream (a header or the first event). */
@@ -241,6 +273,9 @@ export class Reply {
     return {
       status: this.status,
       text: this.text,
+      reasoning: this.reasoning,
+      signature: this.signature,
+      toolCalls: this.toolCalls.filter(Boolean).map((call) => ({ ...call })),
       streamId: this.streamId,
       model: this.model,
       lastEventId: this.lastEventId,
@@ -468,7 +503,12 @@ export class ChatStream extends Reply {
       return;
     }
     const id = Number(frame.lastEventId);
-    this.accept({ type: frame.type, id: Number.isFinite(id) ? id : 0, ...data });
+    if (frame.type === "tool_call" && "id" in data) {
+      // The call's id; `id` is the event's, as on the WebSocket.
+      data.call_id = data.id;
+      delete data.id;
+    }
+    this.accept({ ...data, type: frame.type, id: Number.isFinite(id) ? id : 0 });
   }
 }
 
