@@ -14,8 +14,7 @@ import pytest
 
 from tests.gateway import read_sse, serve
 from tests.stored import create, messages, post_turn, settled, stored_message, text_of, turn
-from tests.upstream import UPSTREAM_KEY
-from tokenrelay.testing import FakeOpenAI
+from tests.upstream import through_fake
 
 WEATHER = {
     "type": "function",
@@ -34,34 +33,24 @@ PIXEL = (
 async def test_a_stored_tool_call_its_result_and_an_image_go_back_to_the_upstream_next_turn(
     http: aiohttp.ClientSession, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("FAKE_UPSTREAM_KEY", UPSTREAM_KEY)
-    async with FakeOpenAI() as fake:
-        models = {
-            "up": {
-                "provider": "openai",
-                "base_url": fake.base_url,
-                "api_key_env": "FAKE_UPSTREAM_KEY",
-                "upstream_model": "fake-model",
-            }
+    async with through_fake(monkeypatch, database_url=database_url) as (gateway, fake):
+        cid = await create(http, gateway, model="up", system="Be brief.")
+        fake.default_script = {
+            "tokens": ["Let me ", "check."],
+            "reasoning": ["The user ", "wants weather."],
+            "tool_calls": [
+                {"id": "call_w1", "name": "get_weather", "arguments": ['{"city":', '"Paris"}']}
+            ],
         }
-        async with serve(database_url=database_url, models=models) as gateway:
-            cid = await create(http, gateway, model="up", system="Be brief.")
-            fake.default_script = {
-                "tokens": ["Let me ", "check."],
-                "reasoning": ["The user ", "wants weather."],
-                "tool_calls": [
-                    {"id": "call_w1", "name": "get_weather", "arguments": ['{"city":', '"Paris"}']}
-                ],
-            }
-            question = [
-                {"type": "text", "text": "Weather where this is?"},
-                {"type": "image_url", "image_url": {"url": PIXEL, "detail": "low"}},
-            ]
-            first = await post_turn(http, gateway, cid, {"content": question, "tools": [WEATHER]})
-            fake.default_script = {"tokens": ["18 °C in Paris."]}
-            answer = [{"type": "tool_result", "tool_call_id": "call_w1", "content": "18C"}]
-            second = await post_turn(http, gateway, cid, {"content": answer, "tools": [WEATHER]})
-            stored = await messages(http, gateway, cid)
+        question = [
+            {"type": "text", "text": "Weather where this is?"},
+            {"type": "image_url", "image_url": {"url": PIXEL, "detail": "low"}},
+        ]
+        first = await post_turn(http, gateway, cid, {"content": question, "tools": [WEATHER]})
+        fake.default_script = {"tokens": ["18 °C in Paris."]}
+        answer = [{"type": "tool_result", "tool_call_id": "call_w1", "content": "18C"}]
+        second = await post_turn(http, gateway, cid, {"content": answer, "tools": [WEATHER]})
+        stored = await messages(http, gateway, cid)
         sent = fake.requests[1].json
 
     assert first[-1].json() == {"finish_reason": "tool_calls"}

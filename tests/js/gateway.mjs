@@ -174,3 +174,10 @@ export function words(count) {
   const tokens = Array.from({ length: count }, (_, i) => `w${String(i).padStart(2, "0")} `);
   return { tokens, text: tokens.join("") };
 }
+
+/** Every event of a reply, and its result. */
+export async function collect(reply) {
+  const events = [];
+  for await (const event of reply) events.push(event);
+  return { events, result: await reply.done };
+}

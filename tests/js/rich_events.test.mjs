@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 
 import { connectChat, streamChat } from "../../src/tokenrelay/web/tokenrelay.js";
-import { chatBody, startGateway, startProxy } from "./gateway.mjs";
+import { chatBody, collect, startGateway, startProxy } from "./gateway.mjs";
 
 const FAST_RETRY = { retries: 5, baseDelay: 20, maxDelay: 200 };
 const skipWs = typeof WebSocket === "undefined" ? "run node with --experimental-websocket" : false;
@@ -37,12 +37,6 @@ before(async () => {
 after(async () => {
   await gateway?.close();
 });
-
-async function collect(reply) {
-  const events = [];
-  for await (const event of reply) events.push(event);
-  return { events, result: await reply.done };
-}
 
 function assertRich(events, result, label = "") {
   assert.equal(result.status, "complete", `${label} ${result.error?.message}`);
