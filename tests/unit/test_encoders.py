@@ -61,7 +61,9 @@ def text_of(wire: str, events: list[Event]) -> str:
         return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
     if wire == "anthropic":
         return "".join(
-            d["delta"]["text"] for name, d in anthropic(events) if name == "content_block_delta"
+            d["delta"]["text"]
+            for name, d in anthropic(events)
+            if name == "content_block_delta" and d["delta"]["type"] == "text_delta"
         )
     if wire == "seed":
         return "".join(d["token"] for d in seed(events) if "token" in d)
