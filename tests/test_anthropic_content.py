@@ -7,17 +7,15 @@ streams must reach the client as Anthropic streams it.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anthropic
 import pytest
 
-from tests.gateway import Gateway, serve
-from tokenrelay.testing.fake_anthropic import FakeAnthropic, fake_prompt
+from tests.gateway import Gateway
+from tests.upstream import through_fake_anthropic
+from tokenrelay.testing.fake_anthropic import fake_prompt
 
-KEY = "sk-ant-upstream-0123456789"
 WEATHER = {
     "name": "get_weather",
     "description": "The weather in a city",
@@ -33,20 +31,6 @@ PIXEL = (  # a 1x1 PNG
 )
 
 
-@contextlib.asynccontextmanager
-async def relayed(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Gateway, FakeAnthropic]]:
-    monkeypatch.setenv("TOKENRELAY_TEST_CLAUDE_KEY", KEY)
-    async with FakeAnthropic(api_key=KEY) as fake:
-        model = {
-            "provider": "anthropic",
-            "base_url": fake.url,
-            "api_key_env": "TOKENRELAY_TEST_CLAUDE_KEY",
-            "upstream_model": "claude-upstream",
-        }
-        async with serve(models={"claude": model}) as gateway:
-            yield gateway, fake
-
-
 def _client(gateway: Gateway) -> anthropic.AsyncAnthropic:
     return anthropic.AsyncAnthropic(
         base_url=gateway.url, api_key="client-key", max_retries=0, timeout=10
@@ -60,7 +44,7 @@ def _ask(**script: Any) -> list[Any]:
 async def test_sdk_streams_a_tool_use_block_and_the_tool_result_goes_back_as_sent(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    async with relayed(monkeypatch) as (gateway, fake), _client(gateway) as sdk:
+    async with through_fake_anthropic(monkeypatch) as (gateway, fake), _client(gateway) as sdk:
         async with sdk.messages.stream(
             model="claude",
             max_tokens=200,
@@ -119,7 +103,7 @@ async def test_thinking_streams_before_the_text_then_its_signature_goes_back_ver
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     script = {"thinking": ["Paris is", " in France."], "signature": "sig-abc", "tokens": ["Yes."]}
-    async with relayed(monkeypatch) as (gateway, fake), _client(gateway) as sdk:
+    async with through_fake_anthropic(monkeypatch) as (gateway, fake), _client(gateway) as sdk:
         async with sdk.messages.stream(
             model="claude",
             max_tokens=3000,
@@ -164,7 +148,7 @@ async def test_image_blocks_base64_and_url_reach_the_upstream_as_sent(
         {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.png"}},
         {"type": "text", "text": "What are these?"},
     ]
-    async with relayed(monkeypatch) as (gateway, fake), _client(gateway) as sdk:
+    async with through_fake_anthropic(monkeypatch) as (gateway, fake), _client(gateway) as sdk:
         message = await sdk.messages.create(
             model="claude", max_tokens=100, messages=[{"role": "user", "content": blocks}]
         )
@@ -182,7 +166,7 @@ async def test_cache_control_and_unmodelled_fields_are_forwarded_and_cache_usage
         {"type": "text", "text": "Be brief."},
     ]
     usage = {"input_tokens": 5, "cache_read_input_tokens": 90, "cache_creation_input_tokens": 7}
-    async with relayed(monkeypatch) as (gateway, fake), _client(gateway) as sdk:
+    async with through_fake_anthropic(monkeypatch) as (gateway, fake), _client(gateway) as sdk:
         async with sdk.messages.stream(
             model="claude",
             max_tokens=100,
@@ -205,7 +189,7 @@ async def test_stream_false_answers_thinking_text_and_tool_use_blocks_in_order(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     script = {"thinking": ["Hmm."], "tokens": ["Checking."], "tool_calls": [CALL]}
-    async with relayed(monkeypatch) as (gateway, _), _client(gateway) as sdk:
+    async with through_fake_anthropic(monkeypatch) as (gateway, _), _client(gateway) as sdk:
         message = await sdk.messages.create(
             model="claude",
             max_tokens=3000,
@@ -223,7 +207,7 @@ async def test_a_block_type_the_wire_does_not_model_is_a_400_naming_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     document = {"type": "document", "source": {"type": "text", "data": "x", "media_type": "t"}}
-    async with relayed(monkeypatch) as (gateway, fake), _client(gateway) as sdk:
+    async with through_fake_anthropic(monkeypatch) as (gateway, fake), _client(gateway) as sdk:
         with pytest.raises(anthropic.BadRequestError) as caught:
             await sdk.messages.create(
                 model="claude",

@@ -16,8 +16,8 @@ import anthropic
 import openai
 import pytest
 
-from tests.gateway import Gateway, serve
-from tests.upstream import through_fake
+from tests.gateway import Gateway
+from tests.upstream import through_fake, through_fake_anthropic
 from tokenrelay.testing import fake_prompt
 from tokenrelay.testing.fake_anthropic import FakeAnthropic
 
@@ -41,16 +41,11 @@ def _ask(**script: Any) -> list[Any]:
 async def on_anthropic(
     monkeypatch: pytest.MonkeyPatch,
 ) -> AsyncIterator[tuple[openai.AsyncOpenAI, FakeAnthropic]]:
-    monkeypatch.setenv("CLAUDE_KEY", "sk-ant-x")
-    async with FakeAnthropic(api_key="sk-ant-x") as fake:
-        model = {"provider": "anthropic", "base_url": fake.url, "api_key_env": "CLAUDE_KEY"}
-        async with (
-            serve(models={"claude": model}) as gateway,
-            openai.AsyncOpenAI(
-                base_url=f"{gateway.url}/v1", api_key="test", max_retries=0
-            ) as client,
-        ):
-            yield client, fake
+    async with (
+        through_fake_anthropic(monkeypatch) as (gateway, fake),
+        openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key="test", max_retries=0) as client,
+    ):
+        yield client, fake
 
 
 async def test_openai_client_gets_anthropic_tool_use_as_streamed_tool_calls(
