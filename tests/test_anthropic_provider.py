@@ -171,7 +171,7 @@ async def test_stop_sequence_stop_reason_is_stop(provider: AnthropicProvider) ->
     assert events[-1] == Finish("stop")
 
 
-@pytest.mark.parametrize("reason", ["tool_use", "refusal", "pause_turn"])
+@pytest.mark.parametrize("reason", ["refusal", "pause_turn"])
 async def test_other_stop_reasons_pass_unchanged(provider: AnthropicProvider, reason: str) -> None:
     events = await collect(provider, ask(stop_reason=reason))
     assert events[-1] == Finish(reason)

@@ -15,6 +15,7 @@ import anthropic
 import pytest
 
 from tests.gateway import Gateway, parse_sse, serve
+from tests.upstream import ANTHROPIC_KEY, through_fake_anthropic
 from tokenrelay.testing.fake_anthropic import FakeAnthropic, fake_prompt
 
 MODEL = "claude-demo"
@@ -358,21 +359,10 @@ async def test_client_leaving_mid_stream_cancels_the_generation(
 # -- a full round trip: SDK → gateway → AnthropicProvider → fake Anthropic
 
 
-UPSTREAM_KEY = "sk-ant-upstream-0123456789"
-
-
 @pytest.fixture
 async def relayed(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Gateway, FakeAnthropic]]:
-    monkeypatch.setenv("TOKENRELAY_TEST_CLAUDE_KEY", UPSTREAM_KEY)
-    async with FakeAnthropic(api_key=UPSTREAM_KEY) as fake:
-        model = {
-            "provider": "anthropic",
-            "base_url": fake.url,
-            "api_key_env": "TOKENRELAY_TEST_CLAUDE_KEY",
-            "upstream_model": "claude-upstream",
-        }
-        async with serve(models={"claude": model}) as running:
-            yield running, fake
+    async with through_fake_anthropic(monkeypatch) as pair:
+        yield pair
 
 
 def relayed_client(gateway: Gateway) -> anthropic.AsyncAnthropic:
@@ -408,7 +398,7 @@ async def test_round_trip_through_the_anthropic_provider(
     assert final.usage.input_tokens == len(f"Answer in French. {prompt}".split())
 
     [sent] = fake.requests
-    assert sent.headers["x-api-key"] == UPSTREAM_KEY  # the gateway's key, not the client's
+    assert sent.headers["x-api-key"] == ANTHROPIC_KEY  # the gateway's key, not the client's
     assert sent.json["model"] == "claude-upstream"
     assert sent.json["system"] == "Answer in French."
     assert sent.json["messages"] == [{"role": "user", "content": prompt}]

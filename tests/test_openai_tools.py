@@ -241,20 +241,11 @@ async def test_reasoning_deltas_reach_the_client_as_reasoning_content(
 @pytest.mark.parametrize(
     ("extra", "field"),
     [
-        ({"tools": [WEATHER]}, "tools"),
         ({"logit_bias": {"42": 1}}, "logit_bias"),
+        # The anthropic provider's structured output is a forced tool: not beside other tools.
         (
-            {
-                "messages": [
-                    {
-                        "role": "user",
-                        "content": [
-                            {"type": "image_url", "image_url": {"url": "https://x/cat.png"}}
-                        ],
-                    }
-                ]
-            },
-            "messages[0].content (image)",
+            {"tools": [WEATHER], "response_format": {"type": "json_object"}},
+            "response_format with tools",
         ),
     ],
 )

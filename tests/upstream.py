@@ -1,4 +1,5 @@
-"""A gateway fronting the fake OpenAI upstream: the whole relay over real sockets."""
+"""A gateway fronting a fake upstream (OpenAI's or Anthropic's): the whole relay over real
+sockets."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from tests.gateway import Gateway, serve
-from tokenrelay.testing import FakeOpenAI, fake_prompt
+from tokenrelay.testing import FakeAnthropic, FakeOpenAI, fake_prompt
 
 UPSTREAM_KEY = "sk-upstream-secret-do-not-leak-8f2c"
+ANTHROPIC_KEY = "sk-ant-upstream-0123456789"
 
 
 @contextlib.asynccontextmanager
@@ -27,6 +29,21 @@ async def through_fake(
             }
         }
         async with serve(models=models, **overrides) as gateway:
+            yield gateway, fake
+
+
+@contextlib.asynccontextmanager
+async def through_fake_anthropic(monkeypatch: Any) -> AsyncIterator[tuple[Gateway, FakeAnthropic]]:
+    """The ``claude`` model on the anthropic provider, fronting a fake Anthropic upstream."""
+    monkeypatch.setenv("TOKENRELAY_TEST_CLAUDE_KEY", ANTHROPIC_KEY)
+    async with FakeAnthropic(api_key=ANTHROPIC_KEY) as fake:
+        model = {
+            "provider": "anthropic",
+            "base_url": fake.url,
+            "api_key_env": "TOKENRELAY_TEST_CLAUDE_KEY",
+            "upstream_model": "claude-upstream",
+        }
+        async with serve(models={"claude": model}) as gateway:
             yield gateway, fake
 
 

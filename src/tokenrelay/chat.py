@@ -17,9 +17,15 @@ Dialect = Literal["openai", "anthropic", "native"]
 Feature = Literal["tools", "images", "response_format", "reasoning", "extra"]
 
 
+# Anthropic's prompt-caching mark on a block (``{"type": "ephemeral"}``), sent back to an
+# Anthropic upstream; OpenAI-compatible upstreams cache prefixes on their own and are not sent it.
+CacheControl = Mapping[str, Any]
+
+
 @dataclass(slots=True, frozen=True)
 class TextPart:
     text: str
+    cache_control: CacheControl | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -28,6 +34,7 @@ class ImagePart:
 
     url: str
     detail: str | None = None
+    cache_control: CacheControl | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -37,14 +44,18 @@ class ToolCall:
     id: str
     name: str
     arguments: str
+    cache_control: CacheControl | None = None
 
 
 @dataclass(slots=True, frozen=True)
 class ToolResult:
-    """What a tool answered to the call ``call_id`` (OpenAI ``role: "tool"``)."""
+    """What a tool answered to the call ``call_id`` (OpenAI ``role: "tool"``, Anthropic
+    ``tool_result``); ``is_error`` is Anthropic's, OpenAI has no place for it."""
 
     call_id: str
     content: str
+    is_error: bool = False
+    cache_control: CacheControl | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -101,6 +112,7 @@ class Tool:
     description: str | None = None
     parameters: Mapping[str, Any] | None = None
     strict: bool | None = None
+    cache_control: CacheControl | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -136,6 +148,9 @@ class ChatOptions:
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
     reasoning_effort: str | None = None
+    # Anthropic's ``thinking.budget_tokens``; a provider of the other dialect maps one onto the
+    # other (``providers/reasoning.py``).
+    reasoning_budget: int | None = None
     user: str | None = None
     metadata: Mapping[str, Any] | None = None
     # Fields of ``dialect`` that tokenrelay does not model, forwarded to an upstream of it.
@@ -173,6 +188,8 @@ class ChatRequest:
             used["response_format"] = "response_format"
         if options.reasoning_effort is not None:
             used["reasoning"] = "reasoning_effort"
+        elif options.reasoning_budget is not None:
+            used["reasoning"] = "thinking"
         if options.extra:
             used["extra"] = next(iter(options.extra))
         for index, message in enumerate(self.messages):

@@ -9,7 +9,20 @@ import pytest
 
 from tests.gateway import parse_sse
 from tokenrelay import errors
-from tokenrelay.events import Event, Failed, Finish, Opened, Queued, TextDelta, Usage
+from tokenrelay.events import (
+    Event,
+    Failed,
+    Finish,
+    Opened,
+    Queued,
+    ReasoningDelta,
+    ReasoningSignature,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallStart,
+    Usage,
+)
 from tokenrelay.wires.anthropic import MessageEncoder
 from tokenrelay.wires.native import NativeEncoder
 from tokenrelay.wires.openai import ChunkEncoder
@@ -61,7 +74,9 @@ def text_of(wire: str, events: list[Event]) -> str:
         return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
     if wire == "anthropic":
         return "".join(
-            d["delta"]["text"] for name, d in anthropic(events) if name == "content_block_delta"
+            d["delta"]["text"]
+            for name, d in anthropic(events)
+            if name == "content_block_delta" and d["delta"]["type"] == "text_delta"
         )
     if wire == "seed":
         return "".join(d["token"] for d in seed(events) if "token" in d)
@@ -124,3 +139,48 @@ def test_seed_and_websocket_end_with_done_or_error() -> None:
 def test_every_native_frame_is_one_json_object() -> None:
     for frame in parse_sse(NativeEncoder().encode(GOOD, 1).decode()):
         assert isinstance(orjson.loads(frame.data), dict)
+
+
+def test_anthropic_blocks_share_one_index_space_and_one_block_is_open_at_a_time() -> None:
+    events: list[Event] = [
+        Opened("str_1", "demo"),
+        ReasoningDelta("Hmm."),
+        ReasoningSignature("sig"),
+        TextDelta("Checking."),
+        # As OpenAI-compatible upstreams stream parallel calls: both end at the finish.
+        ToolCallStart(0, "call_a", "look"),
+        ToolCallDelta(0, '{"q":1}'),
+        ToolCallStart(1, "call_b", "now"),
+        ToolCallEnd(0),
+        ToolCallEnd(1),
+        Usage(10, 4, cached_tokens=6, cache_creation_tokens=1),
+        Finish("tool_calls"),
+    ]
+    frames = anthropic(events)
+    flow = [
+        (name, d.get("index"), (d.get("delta") or d.get("content_block") or {}).get("type"))
+        for name, d in frames
+        if name.startswith("content_block")
+    ]
+    assert flow == [
+        ("content_block_start", 0, "thinking"),
+        ("content_block_delta", 0, "thinking_delta"),
+        ("content_block_delta", 0, "signature_delta"),
+        ("content_block_stop", 0, None),
+        ("content_block_start", 1, "text"),
+        ("content_block_delta", 1, "text_delta"),
+        ("content_block_stop", 1, None),
+        ("content_block_start", 2, "tool_use"),
+        ("content_block_delta", 2, "input_json_delta"),
+        ("content_block_stop", 2, None),
+        ("content_block_start", 3, "tool_use"),
+        ("content_block_stop", 3, None),
+    ]
+    delta = next(d for name, d in frames if name == "message_delta")
+    assert delta["delta"]["stop_reason"] == "tool_use"
+    assert delta["usage"] == {
+        "input_tokens": 3,
+        "cache_creation_input_tokens": 1,
+        "cache_read_input_tokens": 6,
+        "output_tokens": 4,
+    }

@@ -22,7 +22,7 @@ from tokenrelay.api.admin import KeyRequest
 from tokenrelay.api.conversations import ConversationChanges, NewConversation, NewMessage
 from tokenrelay.http.bodies import ChatFields
 from tokenrelay.http.responses import JSONResponse
-from tokenrelay.wires.anthropic import MessagesBody
+from tokenrelay.wires.anthropic_body import MessagesBody
 from tokenrelay.wires.openai import CompletionBody
 
 JSON = "application/json"

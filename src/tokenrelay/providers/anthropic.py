@@ -1,18 +1,23 @@
 """Anthropic's Messages API, streamed.
 
-The common request becomes a Messages body: system messages are joined into the top-level
-``system`` field, consecutive turns of one role are merged (the API requires user and
-assistant to alternate), and ``max_tokens``, which the API requires, defaults to 1024.
+The common request becomes a Messages body (:mod:`tokenrelay.providers.anthropic_body`). The
+stream (https://docs.anthropic.com/en/api/messages-streaming) maps onto the common events::
 
-The stream (https://docs.anthropic.com/en/api/messages-streaming) maps onto the common events::
+    HTTP 200                                   Accepted
+    message_start        usage                 prompt tokens (cache reads and writes too)
+    content_block_delta  text_delta            TextDelta
+    content_block_start  tool_use              ToolCallStart (calls counted from 0)
+    content_block_delta  input_json_delta      ToolCallDelta
+    content_block_stop   of a tool_use block   ToolCallEnd
+    content_block_delta  thinking_delta        ReasoningDelta
+    content_block_delta  signature_delta       ReasoningSignature
+    message_delta        stop_reason           finish reason; usage: completion tokens
+    message_stop                               Usage, Finish
+    error                error.type            the mapped TokenRelayError
+    ping, other blocks (server tools, …)       ignored
 
-    HTTP 200                               Accepted
-    message_start        usage             prompt tokens
-    content_block_delta  text_delta        TextDelta
-    message_delta        stop_reason       finish reason; usage: completion tokens
-    message_stop                           Usage, Finish
-    error                error.type        the mapped TokenRelayError
-    ping, content_block_start/stop, …      ignored
+The forced tool that stands for ``response_format`` is read as text: its input is the reply,
+and its ``tool_use`` stop is a plain ``stop``.
 
 A stream that ends before ``message_stop`` was truncated and fails as ``upstream_error``.
 """
@@ -20,13 +25,24 @@ A stream that ends before ``message_stop`` was truncated and fails as ``upstream
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, get_args
 
 import orjson
 
 from tokenrelay import errors
-from tokenrelay.chat import ChatRequest
-from tokenrelay.events import Accepted, Finish, ProviderEvent, TextDelta, Usage
+from tokenrelay.chat import ChatRequest, Feature
+from tokenrelay.events import (
+    Accepted,
+    Finish,
+    ProviderEvent,
+    ReasoningDelta,
+    ReasoningSignature,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallStart,
+    Usage,
+)
 from tokenrelay.providers._http import (
     drain,
     error_for_status,
@@ -36,12 +52,12 @@ from tokenrelay.providers._http import (
     redact,
     retry_after,
 )
+from tokenrelay.providers.anthropic_body import FORMAT_TOOL, build_body
 from tokenrelay.providers.base import Provider
 from tokenrelay.providers.sse import SSEDecoder, SSEEvent
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"
-DEFAULT_MAX_TOKENS = 1024
 
 # https://docs.anthropic.com/en/api/errors; the type wins over the HTTP status when both exist.
 ERROR_TYPES: dict[str, type[errors.TokenRelayError]] = {
@@ -53,41 +69,12 @@ ERROR_TYPES: dict[str, type[errors.TokenRelayError]] = {
     "api_error": errors.UpstreamError,
     "not_found_error": errors.NotFound,
 }
-FINISH_OF_STOP_REASON = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
-
-
-def build_body(request: ChatRequest, model: str) -> dict[str, Any]:
-    """The Messages API body for ``request``, streaming."""
-    options = request.options
-    system: list[str] = []
-    turns: list[dict[str, str]] = []
-    for message in request.messages:
-        text = message.text
-        if message.role == "system":
-            system.append(text)
-        elif not text:
-            # The API rejects empty text content, and an empty turn says nothing.
-            continue
-        elif turns and turns[-1]["role"] == message.role:
-            turns[-1]["content"] += "\n\n" + text
-        else:
-            turns.append({"role": message.role, "content": text})
-    body: dict[str, Any] = {
-        "model": model,
-        "max_tokens": options.token_limit or DEFAULT_MAX_TOKENS,
-        "messages": turns,
-        "stream": True,
-    }
-    joined = "\n\n".join(part for part in system if part)
-    if joined:
-        body["system"] = joined
-    if options.temperature is not None:
-        body["temperature"] = options.temperature
-    if options.top_p is not None:
-        body["top_p"] = options.top_p
-    if options.stop:
-        body["stop_sequences"] = list(options.stop)
-    return body
+FINISH_OF_STOP_REASON = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+}
 
 
 def error_from_body(
@@ -118,11 +105,17 @@ def error_from_body(
 class MessageStream:
     """Turn one Messages stream's SSE events into the common events."""
 
-    def __init__(self, secret: str | None) -> None:
+    def __init__(self, secret: str | None, *, formatted: bool = False) -> None:
         self.secret = secret
+        # response_format became the forced FORMAT_TOOL: its input is the reply's text.
+        self.formatted = formatted
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.cached_tokens = 0
+        self.cache_creation_tokens = 0
         self.stop_reason: str | None = None
+        self._calls: dict[int, int] = {}  # block index -> call index
+        self._format_block: int | None = None
         # The upstream sent its last event (message_stop or error): the body ends here.
         self.ended = False
 
@@ -143,10 +136,22 @@ class MessageStream:
             kind = str(data.get("type"))
         if kind == "content_block_delta":
             delta = data.get("delta")
-            if isinstance(delta, dict) and delta.get("type") == "text_delta":
-                text = delta.get("text")
-                if isinstance(text, str) and text:
-                    return [TextDelta(text)]
+            if isinstance(delta, dict):
+                if delta.get("type") == "text_delta":
+                    text = delta.get("text")
+                    if isinstance(text, str) and text:
+                        return [TextDelta(text)]
+                else:
+                    return self._delta(data.get("index"), delta)
+        elif kind == "content_block_start":
+            block = data.get("content_block")
+            if isinstance(block, dict):
+                return self._start(data.get("index"), block)
+        elif kind == "content_block_stop":
+            index = data.get("index")
+            call = self._calls.get(index) if isinstance(index, int) else None
+            if call is not None:
+                return [ToolCallEnd(call)]
         elif kind == "message_start":
             message = data.get("message")
             if isinstance(message, dict):
@@ -158,23 +163,78 @@ class MessageStream:
             self._count(data.get("usage"))
         elif kind == "message_stop":
             self.ended = True
-            reason = FINISH_OF_STOP_REASON.get(self.stop_reason or "end_turn", self.stop_reason)
-            return [Usage(self.prompt_tokens, self.completion_tokens), Finish(reason or "stop")]
+            stop = self.stop_reason or "end_turn"
+            if stop == "tool_use" and self._format_block is not None and not self._calls:
+                stop = "end_turn"
+            reason = FINISH_OF_STOP_REASON.get(stop, stop)
+            usage = Usage(
+                self.prompt_tokens,
+                self.completion_tokens,
+                cached_tokens=self.cached_tokens,
+                cache_creation_tokens=self.cache_creation_tokens,
+            )
+            return [usage, Finish(reason)]
         elif kind == "error":
             self.ended = True
             raise error_from_body(data, None, self.secret)
         return []
 
+    def _start(self, index: object, block: dict[str, Any]) -> list[ProviderEvent]:
+        kind = block.get("type")
+        if kind == "tool_use" and isinstance(index, int):
+            name, call_id = block.get("name"), block.get("id")
+            if not isinstance(name, str) or not name:
+                raise errors.UpstreamError("anthropic upstream started a tool_use without a name")
+            given = block.get("input")
+            if self.formatted and name == FORMAT_TOOL:
+                self._format_block = index
+                return [TextDelta(orjson.dumps(given).decode())] if given else []
+            call = len(self._calls)
+            self._calls[index] = call
+            out: list[ProviderEvent] = [ToolCallStart(call, str(call_id or f"toolu_{call}"), name)]
+            if given:
+                # Not streamed in fragments (a proxy that sends the input whole).
+                out.append(ToolCallDelta(call, orjson.dumps(given).decode()))
+            return out
+        if kind == "text" and block.get("text"):
+            return [TextDelta(str(block["text"]))]
+        if kind == "thinking" and block.get("thinking"):
+            return [ReasoningDelta(str(block["thinking"]))]
+        return []
+
+    def _delta(self, index: object, delta: dict[str, Any]) -> list[ProviderEvent]:
+        kind = delta.get("type")
+        if kind == "input_json_delta":
+            partial = delta.get("partial_json")
+            if not isinstance(partial, str) or not partial:
+                return []
+            if index is not None and index == self._format_block:
+                return [TextDelta(partial)]
+            call = self._calls.get(index) if isinstance(index, int) else None
+            return [] if call is None else [ToolCallDelta(call, partial)]
+        if kind == "thinking_delta":
+            thinking = delta.get("thinking")
+            return [ReasoningDelta(thinking)] if isinstance(thinking, str) and thinking else []
+        if kind == "signature_delta":
+            signature = delta.get("signature")
+            return [ReasoningSignature(signature)] if isinstance(signature, str) else []
+        # citations_delta and kinds yet to come carry no text of the reply.
+        return []
+
     def _count(self, usage: object) -> None:
-        """Read cumulative counts; cached prompt tokens are prompt tokens too."""
+        """Read cumulative counts; cached prompt tokens are prompt tokens too (as in OpenAI's
+        ``prompt_tokens``), and counted apart as well."""
         if not isinstance(usage, dict):
             return
-        prompt = [
-            usage.get(key)
-            for key in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
-        ]
+        read = usage.get("cache_read_input_tokens")
+        written = usage.get("cache_creation_input_tokens")
+        prompt = [usage.get("input_tokens"), read, written]
         if any(isinstance(count, int) for count in prompt):
             self.prompt_tokens = sum(count for count in prompt if isinstance(count, int))
+        if isinstance(read, int):
+            self.cached_tokens = read
+        if isinstance(written, int):
+            self.cache_creation_tokens = written
         output = usage.get("output_tokens")
         if isinstance(output, int):
             self.completion_tokens = output
@@ -182,8 +242,18 @@ class MessageStream:
 
 class AnthropicProvider(Provider):
     name = "anthropic"
-    # Text only until tool_use, image and thinking blocks are translated: refused, not dropped.
-    supports = frozenset()
+    supports = frozenset(get_args(Feature))
+    dialect = "anthropic"
+
+    def refusal(self, request: ChatRequest) -> str | None:
+        format_ = request.options.response_format
+        if request.options.tools and format_ is not None and format_.type != "text":
+            # response_format is a forced tool here, which would leave the others uncallable.
+            return (
+                f"response_format with tools is not supported by model {self.model_name!r}"
+                f" (provider {self.name}: structured output is a forced tool call)"
+            )
+        return super().refusal(request)
 
     def _headers(self, key: str | None) -> dict[str, str]:
         headers = {
@@ -197,14 +267,16 @@ class AnthropicProvider(Provider):
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ProviderEvent]:
         secret = self.config.api_key()
+        payload = orjson.dumps(build_body(request, self.upstream_model))
         response = await open_stream(
             self.context.http,
             f"{self.config.base_url or DEFAULT_BASE_URL}/v1/messages",
-            orjson.dumps(build_body(request, self.upstream_model)),
+            payload,
             self._headers(secret),
             connect_timeout=self.context.settings.timeouts.connect,
         )
-        message = MessageStream(secret)
+        format_ = request.options.response_format
+        message = MessageStream(secret, formatted=format_ is not None and format_.type != "text")
         try:
             if response.status != 200:
                 body = await read_upstream_json(response)

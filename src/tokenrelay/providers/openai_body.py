@@ -22,6 +22,7 @@ from tokenrelay.chat import (
     ToolChoice,
     ToolResult,
 )
+from tokenrelay.providers.reasoning import effort_of_budget
 
 # Options copied under their own name when set.
 _PLAIN = (
@@ -53,6 +54,8 @@ def _options(options: ChatOptions, body: dict[str, Any]) -> None:
         value = getattr(options, key)
         if value is not None:
             body[key] = value
+    if options.reasoning_effort is None and options.reasoning_budget is not None:
+        body["reasoning_effort"] = effort_of_budget(options.reasoning_budget)
     if options.stop is not None:
         body["stop"] = list(options.stop)
     if options.metadata is not None:
@@ -87,6 +90,7 @@ def message_json(message: Message) -> dict[str, Any]:
                 calls.append({"id": call_id, "type": "function", "function": function})
             case ToolResult() | ReasoningPart():
                 # A result only travels as a tool message; OpenAI takes no reasoning back.
+                # (A tool message has no is_error: an error result is told by its content.)
                 pass
             case _:
                 assert_never(part)

@@ -45,11 +45,16 @@ the server's default script. Unknown keys are answered with a 400 naming them. K
     after the head / after n deltas, send nothing more until the client hangs up.
 ``ping_every``: n
     a ``ping`` event after every n deltas (the API always sends one after the block starts).
-``thinking``: list[str]
-    a thinking block (``thinking_delta`` and ``signature_delta`` events) before the text.
-``stop_reason``: str (default ``end_turn``; ``max_tokens`` when ``max_tokens`` cuts the
-    tokens short; ``stop_sequence`` when one of the request's ``stop_sequences`` appears)
-``usage``: {"input_tokens", "output_tokens"} (default: counted in words and deltas)
+``thinking``: list[str], ``signature``: str (default ``fake-signature``)
+    a thinking block (``thinking_delta`` events, then one ``signature_delta``) before the text.
+``tool_calls``: list of {"id", "name", "arguments": list[str]}
+    ``tool_use`` blocks after the text (none when ``tokens`` is empty), their input streamed
+    as ``input_json_delta`` fragments, one per item of ``arguments``.
+``stop_reason``: str (default ``end_turn``, ``tool_use`` with tool calls; ``max_tokens`` when
+    ``max_tokens`` cuts the tokens short; ``stop_sequence`` when one of the request's
+    ``stop_sequences`` appears)
+``usage``: {"input_tokens", "output_tokens", "cache_read_input_tokens",
+    "cache_creation_input_tokens"} (default: counted in words and deltas; no cache fields)
 ``framing``: "chunked" (default) | "close"
 
 What it records
@@ -67,7 +72,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import orjson
-from pydantic import Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tokenrelay.testing._fake import (
     BaseScript,
@@ -102,6 +107,14 @@ STATUS_TYPES = {
 }
 
 
+class FakeCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    name: str
+    arguments: list[str] = Field(default_factory=list)
+
+
 class Script(BaseScript):
     tokens: list[str] = Field(default_factory=lambda: list(DEFAULT_TOKENS))
     error_type: str | None = None
@@ -110,6 +123,8 @@ class Script(BaseScript):
     no_stop: bool = False
     ping_every: int | None = Field(default=None, ge=1)
     thinking: list[str] | None = None
+    signature: str = "fake-signature"
+    tool_calls: list[FakeCall] = Field(default_factory=list)
     stop_reason: str | None = None
     usage: dict[str, int] | None = None
 
@@ -163,7 +178,8 @@ def _check(request: Request, body: Any, api_key: str | None) -> dict[str, Any]:
             raise _Refused(400, f"messages.{index}.role: Input should be 'user' or 'assistant'")
         if role == previous:
             raise _Refused(400, "messages: roles must alternate between user and assistant")
-        if not _text(message.get("content")):
+        content = message.get("content")
+        if not (_text(content) or (isinstance(content, list) and content)):
             raise _Refused(400, f"messages.{index}: all messages must have non-empty content")
         previous = role
     return body
@@ -261,18 +277,28 @@ class _Reply:
                 return kept, "stop_sequence", hit
         if body["max_tokens"] < len(tokens):
             return tokens[: body["max_tokens"]], "max_tokens", None
-        return tokens, script.stop_reason or "end_turn", None
+        default = "tool_use" if script.tool_calls else "end_turn"
+        return tokens, script.stop_reason or default, None
 
     def _usage(self, sent: int) -> dict[str, int]:
         output = self.output_tokens if self.output_tokens is not None else sent
-        return {"input_tokens": self.input_tokens, "output_tokens": output}
+        usage = {**(self.script.usage or {}), "input_tokens": self.input_tokens}
+        return {**usage, "output_tokens": output}
 
     def message(self) -> dict[str, Any]:
         content: list[dict[str, Any]] = []
-        if self.script.thinking:
-            thinking = "".join(self.script.thinking)
-            content.append({"type": "thinking", "thinking": thinking, "signature": "fake"})
-        content.append({"type": "text", "text": "".join(self.tokens)})
+        script = self.script
+        if script.thinking:
+            thinking = "".join(script.thinking)
+            content.append(
+                {"type": "thinking", "thinking": thinking, "signature": script.signature}
+            )
+        if self.tokens or not script.tool_calls:
+            content.append({"type": "text", "text": "".join(self.tokens)})
+        for call in script.tool_calls:
+            arguments = "".join(call.arguments)
+            tool = {"type": "tool_use", "id": call.id, "name": call.name}
+            content.append({**tool, "input": orjson.loads(arguments) if arguments else {}})
         return {
             "id": self.id,
             "type": "message",
@@ -288,7 +314,7 @@ class _Reply:
         script = self.script
         await start_stream(response, script, extra)
         start = {**self.message(), "content": [], "stop_reason": None, "stop_sequence": None}
-        start["usage"] = {"input_tokens": self.input_tokens, "output_tokens": 1}
+        start["usage"] = {**self._usage(0), "output_tokens": 1}
         response.write(_event("message_start", {"message": start}))
         if script.first_delay:
             await asyncio.sleep(script.first_delay)
@@ -296,15 +322,20 @@ class _Reply:
         if script.thinking:
             response.write(self._thinking(index))
             index += 1
-        block = {"type": "text", "text": ""}
-        response.write(
-            _event("content_block_start", {"index": index, "content_block": block})
-            + _event("ping", {})
-        )
+        text = bool(self.tokens) or not script.tool_calls
+        if text:
+            block = {"type": "text", "text": ""}
+            response.write(
+                _event("content_block_start", {"index": index, "content_block": block})
+                + _event("ping", {})
+            )
         if not await self._deltas(response, index):
             return
+        if text:
+            response.write(_event("content_block_stop", {"index": index}))
+            index += 1
         response.write(
-            _event("content_block_stop", {"index": index})
+            self._tool_uses(index)
             + _event(
                 "message_delta",
                 {
@@ -322,9 +353,21 @@ class _Reply:
         for piece in self.script.thinking or []:
             delta = {"type": "thinking_delta", "thinking": piece}
             parts.append(_event("content_block_delta", {"index": index, "delta": delta}))
-        delta = {"type": "signature_delta", "signature": "fake-signature"}
+        delta = {"type": "signature_delta", "signature": self.script.signature}
         parts.append(_event("content_block_delta", {"index": index, "delta": delta}))
         parts.append(_event("content_block_stop", {"index": index}))
+        return b"".join(parts)
+
+    def _tool_uses(self, index: int) -> bytes:
+        parts: list[bytes] = []
+        for offset, call in enumerate(self.script.tool_calls):
+            at = index + offset
+            block = {"type": "tool_use", "id": call.id, "name": call.name, "input": {}}
+            parts.append(_event("content_block_start", {"index": at, "content_block": block}))
+            for piece in call.arguments:
+                delta = {"type": "input_json_delta", "partial_json": piece}
+                parts.append(_event("content_block_delta", {"index": at, "delta": delta}))
+            parts.append(_event("content_block_stop", {"index": at}))
         return b"".join(parts)
 
     async def _end(self, response: Response) -> None:
