@@ -69,7 +69,8 @@ class WorkerProcess:
         self._generations: dict[int, asyncio.Queue[Item]] = {}
         self._reader: asyncio.Task[None] | None = None
         self.ended = asyncio.Event()
-        self._lost = 0
+        # Generations still running when the process ended (they got UpstreamError).
+        self.lost = 0
 
     @property
     def pid(self) -> int | None:
@@ -78,11 +79,6 @@ class WorkerProcess:
     @property
     def alive(self) -> bool:
         return self._process is not None and not self.ended.is_set()
-
-    @property
-    def busy(self) -> int:
-        """Generations this worker has not finished (when it ended: had not)."""
-        return len(self._generations) or self._lost
 
     async def start(self, config: dict[str, Any], timeout: float) -> None:
         """Spawn the worker and wait until it is ready; raise UpstreamUnavailable if it fails."""
@@ -193,7 +189,7 @@ class WorkerProcess:
                 answer.set_exception(crashed)
         for items in self._generations.values():
             items.put_nowait(crashed)
-        self._lost = len(self._generations)
+        self.lost = len(self._generations)
         self._generations.clear()
 
     @staticmethod

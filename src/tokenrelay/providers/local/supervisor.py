@@ -60,8 +60,8 @@ class Supervisor:
     @property
     def pid(self) -> int | None:
         """The running worker's process id (tests kill it)."""
-        worker = self._worker
-        return worker.pid if worker is not None and worker.alive else None
+        worker = self.current
+        return worker.pid if worker is not None else None
 
     @property
     def current(self) -> WorkerProcess | None:
@@ -130,8 +130,7 @@ class Supervisor:
         self._worker = None
         self._decoded_before += worker.decoded
         self.restarts += 1
-        in_flight = worker.busy
-        self._failed(f"its worker {worker.exit_reason}", loading=False, in_flight=in_flight)
+        self._failed(f"its worker {worker.exit_reason}", loading=False, in_flight=worker.lost)
 
     def _failed(
         self, reason: str, *, loading: bool, in_flight: int = 0, retry: bool = True

@@ -193,8 +193,12 @@ class Model:
         tail = "" if stopped or finish == "cancelled" else assembler.finish()
         if tail:
             out.send({"id": ident, "text": tail, "decoded": self.decoded})
-        end = {"id": ident, "end": True, "tokens": produced, "finish": finish}
-        out.send(end | {"decoded": self.decoded})
+        out.send(self.end(ident, produced, finish))
+
+    def end(self, ident: int, tokens: int, finish: str, error: str | None = None) -> dict[str, Any]:
+        """A generation's last line."""
+        end = {"id": ident, "end": True, "tokens": tokens, "finish": finish}
+        return end | {"decoded": self.decoded} | ({"error": error} if error else {})
 
 
 def _decode_forever(
@@ -202,33 +206,17 @@ def _decode_forever(
 ) -> None:
     while True:
         job = jobs.get()
+        ident = job.request["id"]
         try:
             if not job.cancelled.is_set():
                 model.generate(job, out)
-            else:
-                out.send(
-                    {
-                        "id": job.request["id"],
-                        "end": True,
-                        "tokens": 0,
-                        "finish": "cancelled",
-                        "decoded": model.decoded,
-                    }
-                )
+            else:  # cancelled while it waited: not even its prompt is evaluated
+                out.send(model.end(ident, 0, "cancelled"))
         except Exception as exc:  # a failure of this generation, not of the process
-            out.send(
-                {
-                    "id": job.request["id"],
-                    "end": True,
-                    "tokens": 0,
-                    "finish": "error",
-                    "error": str(exc) or type(exc).__name__,
-                    "decoded": model.decoded,
-                }
-            )
+            out.send(model.end(ident, 0, "error", str(exc) or type(exc).__name__))
         finally:
             # Read by the other thread; a single dict operation is atomic under the GIL.
-            running.pop(job.request["id"], None)
+            running.pop(ident, None)
 
 
 def _answer(model: Model, request: dict[str, Any]) -> dict[str, Any]:
