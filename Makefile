@@ -26,6 +26,11 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum |
 
 .PHONY: run test unit lint bench setup services clean lock
 
+# The JavaScript clients the Node tests drive (the Vercel AI SDK), exactly as package-lock.json
+# pins them. `ai` 7 declares Node >= 22 and runs on Node 20: npm's engines warning is expected.
+# Without npm there is nothing to install and the Node tests skip.
+NODE_STAMP := node_modules/.installed-$(shell cksum < package-lock.json | cut -d' ' -f1)
+
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -49,6 +54,10 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt $(LLAMA_WHEEL_STAMP)
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+$(NODE_STAMP): package.json package-lock.json
+	if command -v npm >/dev/null; then \
+		npm ci --no-audit --no-fund --loglevel=error && touch $@; fi
+
 setup: $(STAMP)
 
 # nginx and Chromium for the proxy and browser tests; PostgreSQL and Redis restarted if down.
@@ -61,7 +70,7 @@ run: setup
 
 # The model check first: a llama.cpp build that cannot generate on this CPU is said plainly
 # here, not found as a crash half-way through the suite.
-test: setup services
+test: setup services $(NODE_STAMP)
 	$(BIN)/tokenrelay check-local
 	$(BIN)/pytest -q
 
@@ -85,4 +94,4 @@ lock: setup
 	mv constraints.txt.new constraints.txt
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache
