@@ -26,6 +26,7 @@ from tokenrelay.chat import (
     Message,
     Part,
     ReasoningPart,
+    RedactedReasoningPart,
     ResponseFormat,
     TextPart,
     Tool,
@@ -150,6 +151,8 @@ def _block(part: Part, index: int) -> dict[str, Any] | None:
             if signature is None:
                 return None
             return {"type": "thinking", "thinking": text, "signature": signature}
+        case RedactedReasoningPart(data=data):
+            return {"type": "redacted_thinking", "data": data}
         case _:
             assert_never(part)
 
