@@ -61,7 +61,7 @@ def build_body(request: ChatRequest, model: str) -> dict[str, Any]:
             _append(turns, "assistant" if message.role == "assistant" else "user", content)
     budget = options.reasoning_budget
     if budget is None and options.reasoning_effort is not None:
-        budget = budget_of_effort(options.reasoning_effort)
+        budget = budget_of_effort(options.reasoning_effort, options.token_limit)
     body["model"] = model
     body["max_tokens"] = options.token_limit or DEFAULT_MAX_TOKENS + (budget or 0)
     body["messages"] = turns
