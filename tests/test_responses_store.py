@@ -167,3 +167,33 @@ async def test_another_owners_response_is_exactly_as_missing_as_none(
     assert answers[theirs] == answers[missing]
     assert {status for status, _ in answers[theirs]} == {404}
     assert still == (200, "in_progress") and cancelled == "cancelled"
+
+
+async def test_an_item_reference_names_a_stored_output_item(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    call = {"id": "call_5", "name": "lookup", "arguments": ['{"q":"y"}']}
+    async with (
+        through_fake(monkeypatch) as (gateway, fake),
+        openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key="k", max_retries=0) as client,
+    ):
+        first = await client.responses.create(
+            model="up", input=fake_prompt(tokens=[], tool_calls=[call])
+        )
+        await client.responses.create(
+            model="up",
+            input=[
+                {"role": "user", "content": "again"},
+                {"type": "item_reference", "id": first.output[0].id},
+                {"type": "function_call_output", "call_id": "call_5", "output": "yes"},
+            ],
+        )
+        with pytest.raises(openai.BadRequestError) as unknown:
+            await client.responses.create(
+                model="up", input=[{"type": "item_reference", "id": "fc_nothing_0"}]
+            )
+        sent = fake.requests[1].json["messages"]
+    assert sent[1]["tool_calls"][0]["id"] == "call_5"
+    assert sent[1]["tool_calls"][0]["function"]["arguments"] == '{"q":"y"}'
+    assert sent[2] == {"role": "tool", "tool_call_id": "call_5", "content": "yes"}
+    assert "fc_nothing_0" in unknown.value.message

@@ -30,7 +30,6 @@ from tokenrelay.responses.output import (
     build,
     response_id_of_item,
 )
-from tokenrelay.store.models import utcnow
 from tokenrelay.store.responses import ResponseRecord, StoredItems, StoredResponses
 
 logger = logging.getLogger("tokenrelay.responses")
@@ -86,6 +85,7 @@ class Responses:
                 status="queued" if head.background else "in_progress",
                 background=head.background,
                 stream_id=stream.id,
+                instance=None if self.relay.shared is None else self.relay.shared.instance,
                 previous_response_id=head.settings.get("previous_response_id"),
                 head=head.to_json(),
                 input_items=input_items,
@@ -154,11 +154,10 @@ class Responses:
         return body
 
     async def _lost(self, record: ResponseRecord, head: ResponseHead) -> dict[str, Any]:
-        """A response that never ended and whose stream no instance has: its instance stopped."""
-        age = (utcnow() - record.updated_at).total_seconds()
+        """A response with no final object whose stream is in no log: generating on another
+        instance (a foreground one is not in the shared log), or lost with its instance."""
         builder = ResponseBuilder(head)
-        if age < self.settings.streams.lease:
-            # Too young to be lost: it is being started elsewhere.
+        if not await self._gone(record):
             return builder.snapshot()
         builder.error = {
             "code": errors.UpstreamError.code,
@@ -168,6 +167,15 @@ class Responses:
         body = builder.snapshot()
         await self.store.finish(record.id, body)
         return body
+
+    async def _gone(self, record: ResponseRecord) -> bool:
+        shared = self.relay.shared
+        # One instance, or a background stream (always in the shared log): not found is gone.
+        if shared is None or record.instance is None or record.background:
+            return True
+        if record.instance == shared.instance:
+            return True
+        return not await shared.instance_alive(record.instance)
 
     # -- continuing
 

@@ -32,6 +32,8 @@ class ResponseRow(Base):
     status: Mapped[str] = mapped_column(String(20))
     background: Mapped[bool] = mapped_column(Boolean)
     stream_id: Mapped[str | None] = mapped_column(String(60))
+    # With the Redis stream log: the instance generating it, whose lease tells if it lives.
+    instance: Mapped[str | None] = mapped_column(String(40))
     previous_response_id: Mapped[str | None] = mapped_column(String(60))
     # The object's fields that are not output (id, time, the request's settings echoed).
     head: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -53,6 +55,7 @@ class ResponseRecord:
     status: str
     background: bool
     stream_id: str | None
+    instance: str | None
     previous_response_id: str | None
     head: dict[str, Any]
     input_items: StoredItems
@@ -80,6 +83,7 @@ class StoredResponses:
         status: str,
         background: bool,
         stream_id: str | None,
+        instance: str | None,
         previous_response_id: str | None,
         head: dict[str, Any],
         input_items: StoredItems,
@@ -92,6 +96,7 @@ class StoredResponses:
             "status": status,
             "background": background,
             "stream_id": stream_id,
+            "instance": instance,
             "previous_response_id": previous_response_id,
             "head": head,
             "input_items": input_items,

@@ -25,6 +25,7 @@ def upgrade() -> None:
         sa.Column("status", sa.String(20), nullable=False),
         sa.Column("background", sa.Boolean(), nullable=False),
         sa.Column("stream_id", sa.String(60), nullable=True),
+        sa.Column("instance", sa.String(40), nullable=True),
         sa.Column("previous_response_id", sa.String(60), nullable=True),
         sa.Column("head", sa.JSON(), nullable=False),
         sa.Column("input_items", sa.JSON(), nullable=False),
