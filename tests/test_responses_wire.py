@@ -289,3 +289,36 @@ async def test_each_sse_frame_is_named_after_its_event_type(http: aiohttp.Client
             assert response.headers["content-type"].startswith("text/event-stream")
             events = list(parse_sse(await response.text()))
     assert events and all(event.event == event.json()["type"] for event in events)
+
+
+async def test_anthropic_thinking_and_redacted_thinking_go_back_verbatim_as_reasoning_items(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    thinking = {
+        "thinking": ["Let me see."],
+        "signature": "sig-A",
+        "redacted_thinking": ["EncRypted=="],
+        "tokens": ["Ok."],
+    }
+    async with through_fake_anthropic(monkeypatch) as (gateway, fake), client_of(gateway) as client:
+        first = await client.responses.create(
+            model="claude", input=fake_prompt(**thinking), reasoning={"effort": "medium"}
+        )
+        await client.responses.create(
+            model="claude",
+            input=fake_prompt(tokens=["Again."]),
+            previous_response_id=first.id,
+            reasoning={"effort": "medium"},
+        )
+        sent_back = fake.requests[-1].json["messages"][1]["content"]
+    thought, sealed, message = first.output
+    assert thought.type == sealed.type == "reasoning"
+    assert thought.content is not None and thought.content[0].text == "Let me see."  # type: ignore[union-attr]
+    assert thought.encrypted_content == "sig-A"  # type: ignore[union-attr]
+    assert sealed.encrypted_content == "EncRypted==" and not sealed.content  # type: ignore[union-attr]
+    assert message.type == "message" and first.output_text == "Ok."
+    assert sent_back == [
+        {"type": "thinking", "thinking": "Let me see.", "signature": "sig-A"},
+        {"type": "redacted_thinking", "data": "EncRypted=="},
+        {"type": "text", "text": "Ok."},
+    ]

@@ -17,6 +17,7 @@ from tokenrelay.events import (
     Opened,
     ReasoningDelta,
     ReasoningSignature,
+    RedactedReasoning,
     TextDelta,
     ToolCallDelta,
     ToolCallEnd,
@@ -106,3 +107,21 @@ def test_a_cancelled_stream_ends_its_open_items_incomplete_then_response_failed(
     assert events[-2]["item"]["status"] == "incomplete"
     assert events[-1]["response"]["status"] == "cancelled"
     assert events[-1]["response"]["error"] == {"code": "cancelled", "message": "stop"}
+
+
+def test_redacted_reasoning_is_an_item_of_its_own_with_only_encrypted_content() -> None:
+    log: list[Event] = [
+        Opened("s", "demo"),
+        ReasoningDelta("visible"),
+        RedactedReasoning("EncRypted=="),
+        TextDelta("Ok."),
+        Finish("stop"),
+    ]
+    events = frames(ResponsesEncoder(HEAD).encode(log, 1))
+    thought, sealed, message = build(HEAD, log).snapshot()["output"]
+    assert thought["content"] == [{"type": "reasoning_text", "text": "visible"}]
+    assert "encrypted_content" not in thought
+    assert (sealed["encrypted_content"], sealed["status"]) == ("EncRypted==", "completed")
+    assert "content" not in sealed and message["type"] == "message"
+    kinds = [(e["type"], e.get("output_index")) for e in events]
+    assert ("response.output_item.added", 1) in kinds and ("response.output_item.done", 1) in kinds

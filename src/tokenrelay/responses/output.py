@@ -7,9 +7,10 @@ makes is a function of the log and the :class:`ResponseHead` alone: item ids cou
 items, so the same log encodes to the same events on every instance and on every replay.
 
 Output items follow the reply as it streamed: a message (``output_text``), a reasoning item
-(``reasoning_text``, with the provider's signature as ``encrypted_content``), one
-``function_call`` per call. At most one message or reasoning item is open at a time; a call's
-item stays open until its end, so interleaved calls go to their own items.
+(``reasoning_text``, with the provider's signature as ``encrypted_content``; redacted reasoning
+is an item with only ``encrypted_content``), one ``function_call`` per call. At most one
+message or reasoning item is open at a time; a call's item stays open until its end, so
+interleaved calls go to their own items.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from tokenrelay.events import (
     Queued,
     ReasoningDelta,
     ReasoningSignature,
+    RedactedReasoning,
     TextDelta,
     ToolCallDelta,
     ToolCallEnd,
@@ -209,6 +211,21 @@ class ResponseBuilder:
                 self.output[index]["encrypted_content"] = signature
                 # The signature seals its reasoning: reasoning after it is a new item.
                 self._close(out)
+            case RedactedReasoning(data=data):
+                # Nothing to show: an item of its own whose encrypted_content goes back as is.
+                self._close(out)
+                index = len(self.output)
+                item: dict[str, Any] = {
+                    "id": self.head.item_id("reasoning", index),
+                    "type": "reasoning",
+                    "summary": [],
+                    "encrypted_content": data,
+                    "status": "in_progress",
+                }
+                self.output.append(item)
+                out.append(self._item_event("response.output_item.added", index))
+                item["status"] = "completed"
+                out.append(self._item_event("response.output_item.done", index))
             case ToolCallStart(index=call, id=call_id, name=name):
                 self._close(out)
                 index = len(self.output)

@@ -26,6 +26,7 @@ from tokenrelay.chat import (
     Message,
     Part,
     ReasoningPart,
+    RedactedReasoningPart,
     ResponseFormat,
     TextPart,
     Tool,
@@ -333,7 +334,11 @@ def to_messages(
                     turn.append(ToolCall(call_id, name, arguments))
                 case ReasoningItem(summary=summary, content=content, encrypted_content=sealed):
                     text = "".join(part.text for part in content or summary)
-                    turn.append(ReasoningPart(text, sealed))
+                    if not text and sealed:
+                        # Only encrypted: redacted reasoning (a signature seals some text).
+                        turn.append(RedactedReasoningPart(sealed))
+                    else:
+                        turn.append(ReasoningPart(text, sealed))
                 case FunctionCallOutputItem(call_id=call_id, output=output):
                     end_turn()
                     result = output if isinstance(output, str) else _text(output)
