@@ -214,3 +214,21 @@ async def test_a_background_response_started_on_a_is_resumed_polled_and_cancelle
     assert_exact(before, after)
     assert replayed.output_text == polled.output_text == expected_text(TOKENS)
     assert cancelled.status == "cancelled" and seen_on_a.status == "cancelled"
+
+
+async def test_limits_and_time_limits_hold_as_on_every_wire() -> None:
+    async with (
+        serve(rate_limits={"requests_per_minute": 2}, timeouts={"first_token": 0.3}) as gateway,
+        sdk(gateway.url) as client,
+    ):
+        late = await client.responses.create(
+            model="demo", input="hi", background=True, extra_body={"script": {"first_delay": 5}}
+        )
+        failed = await until_done(client, late.id)
+        await client.responses.create(model="demo", input="hi")
+        with pytest.raises(openai.RateLimitError) as refused:
+            await client.responses.create(model="demo", input="hi", background=True)
+    assert failed.status == "failed" and failed.error is not None
+    assert failed.error.code == "first_token_timeout"
+    assert refused.value.code == "rate_limited"
+    assert int(refused.value.response.headers["retry-after"]) >= 1
