@@ -5,7 +5,6 @@ on one instance here, across two instances sharing Redis at the end."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import pytest
 
 from tests.gateway import serve
 from tests.redis_server import RedisServer, redis_server
+from tests.responses import sdk
 from tests.scaleout import expected_text, instances, script
 
 TOKENS = 30
@@ -23,12 +23,6 @@ TOKENS = 30
 
 def slow(tokens: int = TOKENS, delay: float = 0.03) -> dict[str, Any]:
     return {"script": script(tokens, delay)}
-
-
-@contextlib.asynccontextmanager
-async def sdk(url: str) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="k", max_retries=0) as client:
-        yield client
 
 
 async def first_events(stream: Any, count: int) -> list[Any]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import openai
 import pytest
 from agents import (
     Agent,
@@ -22,6 +21,7 @@ from agents import (
 from agents.items import ToolCallOutputItem
 
 from tests.gateway import serve
+from tests.responses import sdk
 
 AGENT_SCRIPT = {
     "tool_calls": [{"id": "call_paris", "name": "get_weather", "arguments": {"city": "Paris"}}],
@@ -43,10 +43,7 @@ async def test_an_agent_calls_its_function_tool_through_the_gateway_then_answers
         asked.append(city)
         return f"sunny in {city}"
 
-    async with (
-        serve() as gateway,
-        openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key="k", max_retries=0) as client,
-    ):
+    async with serve() as gateway, sdk(gateway.url) as client:
         agent = Agent(
             name="forecaster",
             instructions="Answer with the weather.",

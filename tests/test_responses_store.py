@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 import openai
@@ -13,21 +12,24 @@ import pytest
 
 from tests.credentials import bearer, key_for, secured
 from tests.gateway import Gateway, serve
+from tests.responses import script, sdk
 from tests.upstream import through_fake
-from tokenrelay.testing import fake_prompt
+from tokenrelay.testing import FakeOpenAI, fake_prompt
 
 
 @contextlib.asynccontextmanager
 async def stored(database_url: str) -> AsyncIterator[tuple[Gateway, openai.AsyncOpenAI]]:
-    async with (
-        serve(database_url=database_url) as gateway,
-        openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key="k", max_retries=0) as client,
-    ):
+    async with serve(database_url=database_url) as gateway, sdk(gateway.url) as client:
         yield gateway, client
 
 
-def script(**directions: Any) -> dict[str, Any]:
-    return {"script": directions}
+@contextlib.asynccontextmanager
+async def on_fake(
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[tuple[FakeOpenAI, openai.AsyncOpenAI]]:
+    """The SDK on a gateway fronting the fake OpenAI upstream (``up``), and the fake."""
+    async with through_fake(monkeypatch) as (gateway, fake), sdk(gateway.url) as client:
+        yield fake, client
 
 
 async def test_a_stored_response_is_retrieved_listed_and_deleted(database_url: str) -> None:
@@ -103,10 +105,7 @@ async def test_a_function_call_output_continues_a_stored_call_upstream(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     call = {"id": "call_9", "name": "lookup", "arguments": ['{"q":"x"}']}
-    async with (
-        through_fake(monkeypatch) as (gateway, fake),
-        openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key="k", max_retries=0) as client,
-    ):
+    async with on_fake(monkeypatch) as (fake, client):
         first = await client.responses.create(
             model="up", input=fake_prompt(tokens=[], tool_calls=[call])
         )
@@ -173,10 +172,7 @@ async def test_an_item_reference_names_a_stored_output_item(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     call = {"id": "call_5", "name": "lookup", "arguments": ['{"q":"y"}']}
-    async with (
-        through_fake(monkeypatch) as (gateway, fake),
-        openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key="k", max_retries=0) as client,
-    ):
+    async with on_fake(monkeypatch) as (fake, client):
         first = await client.responses.create(
             model="up", input=fake_prompt(tokens=[], tool_calls=[call])
         )

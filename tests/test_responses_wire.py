@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 import openai
 import pytest
 
 from tests.gateway import Gateway, parse_sse, serve
+from tests.responses import script, sdk
 from tests.upstream import through_fake, through_fake_anthropic
 from tokenrelay.testing import fake_prompt
 
@@ -35,21 +35,9 @@ FAKE_CALL = {"id": "call_w1", "name": "get_weather", "arguments": ['{"city":', '
 
 
 @contextlib.asynccontextmanager
-async def client_of(gateway: Gateway) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(
-        base_url=f"{gateway.url}/v1", api_key="test", max_retries=0
-    ) as client:
-        yield client
-
-
-@contextlib.asynccontextmanager
 async def scripted() -> AsyncIterator[tuple[Gateway, openai.AsyncOpenAI]]:
-    async with serve() as gateway, client_of(gateway) as client:
+    async with serve() as gateway, sdk(gateway.url) as client:
         yield gateway, client
-
-
-def script(**directions: Any) -> dict[str, Any]:
-    return {"script": directions}
 
 
 async def test_create_not_streamed_answers_the_whole_response_with_usage() -> None:
@@ -167,7 +155,7 @@ async def test_a_failure_before_the_first_token_is_an_http_error_in_openais_shap
 async def test_function_call_output_round_trip_reaches_an_openai_upstream_as_chat_messages(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    async with through_fake(monkeypatch) as (gateway, fake), client_of(gateway) as client:
+    async with through_fake(monkeypatch) as (gateway, fake), sdk(gateway.url) as client:
         first = await client.responses.create(
             model="up",
             input=fake_prompt(tokens=[], tool_calls=[FAKE_CALL]),
@@ -227,7 +215,7 @@ async def test_an_anthropic_upstream_answers_text_and_a_tool_call_as_responses(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     call = {"id": "toolu_1", "name": "get_weather", "arguments": ['{"city":', ' "Paris"}']}
-    async with through_fake_anthropic(monkeypatch) as (gateway, fake), client_of(gateway) as client:
+    async with through_fake_anthropic(monkeypatch) as (gateway, fake), sdk(gateway.url) as client:
         async with client.responses.stream(
             model="claude",
             input=fake_prompt(tokens=["Checking", " now."], tool_calls=[call]),
@@ -270,7 +258,7 @@ async def test_unmodelled_fields_and_items_are_refused_by_name(
 async def test_null_fields_are_absent_and_forwarded_fields_reach_an_openai_upstream(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    async with through_fake(monkeypatch) as (gateway, fake), client_of(gateway) as client:
+    async with through_fake(monkeypatch) as (gateway, fake), sdk(gateway.url) as client:
         await client.responses.create(
             model="up",
             input="hi",
@@ -300,7 +288,7 @@ async def test_anthropic_thinking_and_redacted_thinking_go_back_verbatim_as_reas
         "redacted_thinking": ["EncRypted=="],
         "tokens": ["Ok."],
     }
-    async with through_fake_anthropic(monkeypatch) as (gateway, fake), client_of(gateway) as client:
+    async with through_fake_anthropic(monkeypatch) as (gateway, fake), sdk(gateway.url) as client:
         first = await client.responses.create(
             model="claude", input=fake_prompt(**thinking), reasoning={"effort": "medium"}
         )

@@ -42,6 +42,7 @@ EVENT = {
 }
 PAGE = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}}
 AFTER = {"name": "after", "in": "query", "schema": {"type": "string"}}
+ORDER = {"name": "order", "in": "query", "schema": {"enum": ["asc", "desc"]}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +79,7 @@ OPERATIONS = (
         "get",
         "/v1/responses/{response_id}/input_items",
         "a stored response's input items",
-        query=(PAGE, AFTER, {"name": "order", "in": "query", "schema": {"enum": ["asc", "desc"]}}),
+        query=(PAGE, AFTER, ORDER),
     ),
     Operation("post", "/v1/streams", "start a native stream", ChatFields, (SSE,)),
     Operation("get", "/v1/streams/{stream_id}", "attach to a stream", answers=(SSE,)),
@@ -96,7 +97,7 @@ OPERATIONS = (
         "get",
         "/v1/conversations/{conversation_id}/messages",
         "list a conversation's messages",
-        query=(PAGE, AFTER, {"name": "order", "in": "query", "schema": {"enum": ["asc", "desc"]}}),
+        query=(PAGE, AFTER, ORDER),
     ),
     Operation(
         "post",

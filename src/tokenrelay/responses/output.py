@@ -182,30 +182,11 @@ class ResponseBuilder:
             self.started = True
         match event:
             case TextDelta(text=text):
-                index = self._opened(out, "message")
-                self._pieces.append(text)
-                out.append(
-                    {
-                        "type": "response.output_text.delta",
-                        "item_id": self.output[index]["id"],
-                        "output_index": index,
-                        "content_index": 0,
-                        "delta": text,
-                        "logprobs": [],
-                    }
-                )
+                delta = self._text_delta(out, "message", text)
+                delta.update(type="response.output_text.delta", logprobs=[])
             case ReasoningDelta(text=text):
-                index = self._opened(out, "reasoning")
-                self._pieces.append(text)
-                out.append(
-                    {
-                        "type": "response.reasoning_text.delta",
-                        "item_id": self.output[index]["id"],
-                        "output_index": index,
-                        "content_index": 0,
-                        "delta": text,
-                    }
-                )
+                delta = self._text_delta(out, "reasoning", text)
+                delta["type"] = "response.reasoning_text.delta"
             case ReasoningSignature(signature=signature):
                 index = self._opened(out, "reasoning")
                 self.output[index]["encrypted_content"] = signature
@@ -290,6 +271,20 @@ class ResponseBuilder:
 
     def _item_event(self, kind: str, index: int) -> dict[str, Any]:
         return {"type": kind, "output_index": index, "item": dict(self.output[index])}
+
+    def _text_delta(self, out: list[dict[str, Any]], kind: str, text: str) -> dict[str, Any]:
+        """The delta event of ``text`` in the open item of ``kind`` (its type left to set)."""
+        index = self._opened(out, kind)
+        self._pieces.append(text)
+        delta = {
+            "type": "",
+            "item_id": self.output[index]["id"],
+            "output_index": index,
+            "content_index": 0,
+            "delta": text,
+        }
+        out.append(delta)
+        return delta
 
     def _opened(self, out: list[dict[str, Any]], kind: str) -> int:
         """The open item of ``kind``, opened now (closing another) if it is not."""
