@@ -79,11 +79,14 @@ async def test_a_background_response_answers_at_once_and_finishes_without_a_conn
         created = await client.responses.create(
             model="demo", input="hi", background=True, extra_body=slow()
         )
+        await asyncio.sleep(0.2)
         polled = await client.responses.retrieve(created.id)
         done = await until_done(client, created.id)
     assert created.status in ("queued", "in_progress") and created.background
     assert polled.status in ("queued", "in_progress")
-    assert len(polled.output_text) < len(expected_text(TOKENS))
+    # A poll while it generates has the text so far.
+    assert 0 < len(polled.output_text) < len(expected_text(TOKENS))
+    assert expected_text(TOKENS).startswith(polled.output_text)
     assert done.status == "completed" and done.output_text == expected_text(TOKENS)
     assert done.usage is not None and done.usage.output_tokens == TOKENS
 
@@ -226,3 +229,42 @@ async def test_limits_and_time_limits_hold_as_on_every_wire() -> None:
     assert failed.error.code == "first_token_timeout"
     assert refused.value.code == "rate_limited"
     assert int(refused.value.response.headers["retry-after"]) >= 1
+
+
+async def test_responses_of_a_killed_instance_fail_and_a_live_ones_read_as_in_progress(
+    http: aiohttp.ClientSession, tmp_path: Path, redis: RedisServer, postgres_database: str
+) -> None:
+    async with (
+        instances(http, tmp_path, redis, 2, database_url=postgres_database) as [a, b],
+        sdk(a.url) as on_a,
+        sdk(b.url) as on_b,
+    ):
+        foreground = await on_a.responses.create(
+            model="demo", input="hi", stream=True, extra_body=slow(tokens=60)
+        )
+        started = [await anext(aiter(foreground)) for _ in range(5)]
+        response_id = started[0].response.id
+        seen_on_b = await on_b.responses.retrieve(response_id)
+        rest = [event async for event in foreground]
+        done_on_b = await until_done(on_b, response_id)
+        background = await on_a.responses.create(
+            model="demo", input="hi", background=True, extra_body=slow(tokens=400, delay=0.05)
+        )
+        cut = await on_a.responses.create(
+            model="demo", input="hi", stream=True, extra_body=slow(tokens=400, delay=0.05)
+        )
+        cut_id = (await anext(aiter(cut))).response.id
+        await asyncio.sleep(0.3)
+        a.process.kill()
+        lost_background = await until_done(on_b, background.id)
+        lost_foreground = await until_done(on_b, cut_id)
+    assert seen_on_b.status == "in_progress"
+    assert rest[-1].type == "response.completed"
+    assert done_on_b.status == "completed" and done_on_b.output_text == expected_text(60)
+    for lost in (lost_background, lost_foreground):
+        assert lost.status == "failed" and lost.error is not None
+        assert lost.error.code == "upstream_error" and "stopped" in lost.error.message
+    # What the background one had generated is kept (it was in the shared log).
+    assert lost_background.output_text and expected_text(400).startswith(
+        lost_background.output_text
+    )

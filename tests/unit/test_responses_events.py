@@ -125,3 +125,19 @@ def test_redacted_reasoning_is_an_item_of_its_own_with_only_encrypted_content() 
     assert "content" not in sealed and message["type"] == "message"
     kinds = [(e["type"], e.get("output_index")) for e in events]
     assert ("response.output_item.added", 1) in kinds and ("response.output_item.done", 1) in kinds
+
+
+def test_a_snapshot_mid_stream_has_the_open_items_so_far_and_leaves_them_open() -> None:
+    speaking = build(HEAD, LOG[:5]).snapshot()["output"][1]  # the message, open
+    assert speaking["status"] == "in_progress"
+    assert speaking["content"] == [{"type": "output_text", "text": "Checking", "annotations": []}]
+    builder = build(HEAD, LOG[:9])  # the text, both calls started, one fragment of the first
+    output = builder.snapshot()["output"]
+    assert output[1]["content"] == [
+        {"type": "output_text", "text": "Checking both.", "annotations": []}
+    ]
+    assert (output[2]["arguments"], output[2]["status"]) == ('{"city":', "in_progress")
+    assert output[3]["arguments"] == ""
+    for event in LOG[9:]:
+        builder.feed(event)
+    assert builder.snapshot() == build(HEAD, LOG).snapshot()

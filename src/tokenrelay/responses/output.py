@@ -151,7 +151,16 @@ class ResponseBuilder:
         status = self.status
         if status == "in_progress" and self.head.background and not self.started:
             status = "queued"  # nothing generated yet: it waits for its model
-        return self._object(status, self.output)
+        output = self.output
+        if self._open is not None or self._calls:
+            # The open items with what they have so far (their own dicts fill in at their end).
+            output = [dict(item) for item in output]
+            if self._open is not None:
+                item = output[self._open]
+                item["content"] = [_part(item["type"], "".join(self._pieces))]
+            for call, index in self._calls.items():
+                output[index]["arguments"] = "".join(self._call_arguments[call])
+        return self._object(status, output)
 
     def _object(self, status: Status, output: list[dict[str, Any]]) -> dict[str, Any]:
         head = self.head
@@ -295,10 +304,9 @@ class ResponseBuilder:
         item: dict[str, Any] = {"id": self.head.item_id(kind, index), "type": kind}
         if kind == "message":
             item.update(status="in_progress", role="assistant", content=[])
-            part: dict[str, Any] = {"type": "output_text", "text": "", "annotations": []}
         else:
             item.update(summary=[], status="in_progress")
-            part = {"type": "reasoning_text", "text": ""}
+        part = _part(kind, "")
         self.output.append(item)
         self._open = index
         self._pieces = []
@@ -323,11 +331,10 @@ class ResponseBuilder:
         item = self.output[index]
         text = "".join(self._pieces)
         head = {"item_id": item["id"], "output_index": index, "content_index": 0}
+        part = _part(item["type"], text)
         if item["type"] == "message":
-            part: dict[str, Any] = {"type": "output_text", "text": text, "annotations": []}
             out.append({"type": "response.output_text.done", **head, "text": text, "logprobs": []})
         else:
-            part = {"type": "reasoning_text", "text": text}
             out.append({"type": "response.reasoning_text.done", **head, "text": text})
         out.append(self._part_event("response.content_part.done", index, part))
         item["content"] = [part]
@@ -356,6 +363,13 @@ class ResponseBuilder:
         self._close(out, status)
         for call in sorted(self._calls):
             self._end_call(out, call, status)
+
+
+def _part(kind: str, text: str) -> dict[str, Any]:
+    """The content part of a message (``output_text``) or of a reasoning item."""
+    if kind == "message":
+        return {"type": "output_text", "text": text, "annotations": []}
+    return {"type": "reasoning_text", "text": text}
 
 
 def build(head: ResponseHead, events: list[Event]) -> ResponseBuilder:

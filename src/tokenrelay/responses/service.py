@@ -22,6 +22,7 @@ from typing import Any
 from tokenrelay import errors
 from tokenrelay.chat import ChatRequest
 from tokenrelay.config import Settings
+from tokenrelay.events import Event, Failed
 from tokenrelay.relay import Relay, Stream
 from tokenrelay.responses.output import (
     TERMINAL_STATUSES,
@@ -121,15 +122,31 @@ class Responses:
         except errors.NotFound:
             return None
 
-    async def current(self, record: ResponseRecord) -> dict[str, Any]:
-        """The response object as it stands: final, or rendered from its live stream."""
+    async def current(self, record: ResponseRecord, *, settle: float = 0.0) -> dict[str, Any]:
+        """The response object as it stands: final, or rendered from its live stream.
+
+        A foreground response generating on another instance is in no shared log: it reads as
+        just started, unless its final object is written within ``settle`` seconds.
+        """
         head = ResponseHead.from_json(record.head)
-        deadline = time.monotonic() + SETTLING
+        now = time.monotonic()
+        settling, patience = now + SETTLING, now + settle
         while record.body is None:
             stream = await self.stream_of(record)
             if stream is not None:
-                return build(head, stream.log.events).snapshot()
-            if time.monotonic() >= deadline:
+                if not stream.log.closed and await self._orphaned(record):
+                    # Its instance died before its end reached the shared log.
+                    return await self._lost(record, head, stream.log.events)
+                body = build(head, stream.log.events).snapshot()
+                if stream.log.closed:
+                    # Written by its own instance too, unless that instance died first.
+                    await self.store.finish(record.id, body)
+                return body
+            now = time.monotonic()
+            if await self._elsewhere(record):
+                if now >= patience:
+                    return ResponseBuilder(head).snapshot()
+            elif now >= settling:
                 return await self._lost(record, head)
             # Just ended on an instance still writing its final object, or just started on
             # one whose first events are not in the shared log yet.
@@ -139,7 +156,7 @@ class Responses:
 
     async def final(self, record: ResponseRecord) -> dict[str, Any]:
         """The object once the response has ended; a 400 if it is still generating."""
-        body = await self.current(record)
+        body = await self.current(record, settle=SETTLING)
         if body["status"] in TERMINAL_STATUSES:
             return body
         stream = await self.stream_of(record)
@@ -153,29 +170,34 @@ class Responses:
             raise errors.InvalidRequest(f"response {record.id!r} is still {body['status']}")
         return body
 
-    async def _lost(self, record: ResponseRecord, head: ResponseHead) -> dict[str, Any]:
-        """A response with no final object whose stream is in no log: generating on another
-        instance (a foreground one is not in the shared log), or lost with its instance."""
-        builder = ResponseBuilder(head)
-        if not await self._gone(record):
-            return builder.snapshot()
-        builder.error = {
-            "code": errors.UpstreamError.code,
-            "message": "the instance generating this response stopped before it ended",
-        }
-        builder.status = "failed"
+    async def _elsewhere(self, record: ResponseRecord) -> bool:
+        """Whether a foreground response is generating on another instance that lives."""
+        if record.background:
+            return False  # a background stream is always in the shared log
+        return await self._other_instance_alive(record) is True
+
+    async def _orphaned(self, record: ResponseRecord) -> bool:
+        """Whether the other instance that generates ``record`` has died."""
+        return await self._other_instance_alive(record) is False
+
+    async def _other_instance_alive(self, record: ResponseRecord) -> bool | None:
+        """Whether the instance generating ``record`` lives; None if it is this one, or if
+        there is no shared log to say."""
+        shared = self.relay.shared
+        if shared is None or record.instance is None or record.instance == shared.instance:
+            return None
+        return await shared.instance_alive(record.instance)
+
+    async def _lost(
+        self, record: ResponseRecord, head: ResponseHead, events: Iterable[Event] = ()
+    ) -> dict[str, Any]:
+        """A response whose instance stopped (or restarted) before it ended: failed, with
+        what it had generated."""
+        builder = build(head, list(events))
+        builder.feed(Failed(errors.UpstreamError("the instance generating this response stopped")))
         body = builder.snapshot()
         await self.store.finish(record.id, body)
         return body
-
-    async def _gone(self, record: ResponseRecord) -> bool:
-        shared = self.relay.shared
-        # One instance, or a background stream (always in the shared log): not found is gone.
-        if shared is None or record.instance is None or record.background:
-            return True
-        if record.instance == shared.instance:
-            return True
-        return not await shared.instance_alive(record.instance)
 
     # -- continuing
 
