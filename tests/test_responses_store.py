@@ -176,7 +176,7 @@ async def test_an_item_reference_names_a_stored_output_item(
         first = await client.responses.create(
             model="up", input=fake_prompt(tokens=[], tool_calls=[call])
         )
-        await client.responses.create(
+        second = await client.responses.create(
             model="up",
             input=[
                 {"role": "user", "content": "again"},
@@ -184,12 +184,16 @@ async def test_an_item_reference_names_a_stored_output_item(
                 {"type": "function_call_output", "call_id": "call_5", "output": "yes"},
             ],
         )
+        # Stored as the item it named, so a continuation reads the call whole.
+        await client.responses.create(model="up", input="thanks", previous_response_id=second.id)
         with pytest.raises(openai.BadRequestError) as unknown:
             await client.responses.create(
                 model="up", input=[{"type": "item_reference", "id": "fc_nothing_0"}]
             )
         sent = fake.requests[1].json["messages"]
+        continued = fake.requests[2].json["messages"]
     assert sent[1]["tool_calls"][0]["id"] == "call_5"
     assert sent[1]["tool_calls"][0]["function"]["arguments"] == '{"q":"y"}'
     assert sent[2] == {"role": "tool", "tool_call_id": "call_5", "content": "yes"}
+    assert continued[:3] == sent and continued[-1] == {"role": "user", "content": "thanks"}
     assert "fc_nothing_0" in unknown.value.message

@@ -1,7 +1,8 @@
 """Responses that outlive their request: stored, continued, run in the background, resumed.
 
-A response is a relay stream and, when stored, a row. The row is written before the stream
-can end and finished with the final object by a finish hook on the instance generating it.
+A response is a relay stream and, when stored, a row. The row is written as the stream starts
+and finished with the final object by a finish hook on the instance generating it (which
+waits for the row to be there).
 Until then the object is rendered from the stream's log, which :meth:`Relay.find` reaches
 from any instance once the Redis stream log is on: a background stream lingers for its whole
 time limit (so no disconnect stops it) and is kept for ``streams.retention`` after its end,
@@ -12,10 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,8 +32,6 @@ from tokenrelay.responses.output import (
     response_id_of_item,
 )
 from tokenrelay.store.responses import ResponseRecord, StoredItems, StoredResponses
-
-logger = logging.getLogger("tokenrelay.responses")
 
 # How long a response whose stream is in no log (nor its final object in the store yet) may be
 # only just starting or ending elsewhere before it is taken for lost with its instance.
@@ -59,7 +57,9 @@ class Responses:
         self._live: dict[str, _Live] = {}
         relay.finish_hooks.append(self.finished)
 
-    def new_head(self, model: str, *, background: bool, store: bool, settings: Any) -> ResponseHead:
+    def new_head(
+        self, model: str, *, background: bool, store: bool, settings: Mapping[str, Any]
+    ) -> ResponseHead:
         return ResponseHead(
             new_response_id(), int(time.time()), model, background, store, dict(settings)
         )
@@ -72,7 +72,7 @@ class Responses:
         owner: str | None,
         input_items: StoredItems,
     ) -> Stream:
-        """Admit and start the response's stream; a stored one's row is written first."""
+        """Admit and start the response's stream, then write a stored one's row."""
         linger = self.settings.timeouts.total if head.background else 0.0
         stream = await self.relay.open(request, owner=owner, linger=linger)
         if not head.store:
@@ -161,10 +161,7 @@ class Responses:
             return body
         stream = await self.stream_of(record)
         if stream is not None:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(SETTLING):
-                    while not stream.log.closed:
-                        await stream.log.wait(len(stream.log))
+            await _ended(stream, SETTLING)
             body = build(ResponseHead.from_json(record.head), stream.log.events).snapshot()
         if body["status"] not in TERMINAL_STATUSES:
             raise errors.InvalidRequest(f"response {record.id!r} is still {body['status']}")
@@ -245,10 +242,7 @@ class Responses:
             return await self.current(record)
         stream.cancel(errors.Cancelled("the response was cancelled by a client"))
         # Answer once the generation has really stopped, so the caller can rely on it.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(5):
-                while not stream.log.closed:
-                    await stream.log.wait(len(stream.log))
+        await _ended(stream, 5.0)
         body = build(ResponseHead.from_json(record.head), stream.log.events).snapshot()
         if body["status"] in TERMINAL_STATUSES:
             await self.store.finish(record.id, body)
@@ -260,6 +254,14 @@ class Responses:
             await self.relay.cancel_anywhere(
                 [record.stream_id], owner, errors.Cancelled("the response was deleted")
             )
+
+
+async def _ended(stream: Stream, within: float) -> None:
+    """Wait up to ``within`` seconds for ``stream`` to end."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(within):
+            while not stream.log.closed:
+                await stream.log.wait(len(stream.log))
 
 
 def new_response_id() -> str:

@@ -85,12 +85,8 @@ async def create_response(request: Request) -> Response | EventStreamResponse | 
     if body.previous_response_id is not None:
         earlier = await responses.context(owner, body.previous_response_id)
         context = to_messages(parse_items(earlier, "previous_response_id"))
-    wanted = [item.id for item in items if isinstance(item, ItemReference)]
-    references: dict[str, InputItem] = {}
-    if wanted:
-        found = await responses.referenced(owner, wanted)
-        references = dict(zip(found, parse_items(list(found.values()), "input"), strict=True))
-    chat = chat_request(body, items, settings.limits, context=context, references=references)
+    items = await _resolved(request, items)
+    chat = chat_request(body, items, settings.limits, context=context)
     model, _ = services.relay.provider_for(chat.model)
     head = responses.new_head(
         model, background=bool(body.background), store=store, settings=body.settings()
@@ -107,6 +103,17 @@ async def create_response(request: Request) -> Response | EventStreamResponse | 
         return 200, orjson.dumps(build(head, stream.log.events).snapshot())
 
     return CollectedResponse(stream, render)
+
+
+async def _resolved(request: Request, items: list[InputItem]) -> list[InputItem]:
+    """``items`` with each ``item_reference`` replaced by the stored item it names (kept, and
+    stored, as the item itself, so that a later ``previous_response_id`` reads it whole)."""
+    wanted = [item.id for item in items if isinstance(item, ItemReference)]
+    if not wanted:
+        return items
+    found = await services_of(request).responses.referenced(request.scope.get("user"), wanted)
+    named = dict(zip(found, parse_items(list(found.values()), "input"), strict=True))
+    return [named.get(item.id, item) if isinstance(item, ItemReference) else item for item in items]
 
 
 async def get_response(request: Request) -> Response | EventStreamResponse:

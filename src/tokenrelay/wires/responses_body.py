@@ -13,7 +13,6 @@ other field tokenrelay does not model is refused with a 400 that names it, unles
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -298,9 +297,7 @@ def stored_items(items: list[InputItem], prefix: str) -> list[dict[str, Any]]:
     return stored
 
 
-def to_messages(
-    items: list[InputItem], references: Mapping[str, InputItem] | None = None
-) -> list[Message]:
+def to_messages(items: list[InputItem]) -> list[Message]:
     """Items as chat messages: an assistant's reasoning, text and calls in a row are one
     message, each ``function_call_output`` a tool message."""
     messages: list[Message] = []
@@ -314,11 +311,6 @@ def to_messages(
             turn.clear()
 
     for index, item in enumerate(items):
-        if isinstance(item, ItemReference):
-            found = (references or {}).get(item.id)
-            if found is None:
-                raise errors.InvalidRequest(f"input.{index}: item {item.id!r} does not exist")
-            item = found
         try:
             match item:
                 case MessageItem(role="assistant", content=content):
@@ -326,10 +318,7 @@ def to_messages(
                 case MessageItem(role=role, content=content):
                     end_turn()
                     role = "system" if role == "developer" else role
-                    if isinstance(content, str):
-                        messages.append(Message(role, content))
-                    else:
-                        messages.append(Message(role, tuple(_parts(content))))
+                    messages.append(Message(role, _content(_parts(content))))
                 case FunctionCallItem(call_id=call_id, name=name, arguments=arguments):
                     turn.append(ToolCall(call_id, name, arguments))
                 case ReasoningItem(summary=summary, content=content, encrypted_content=sealed):
@@ -343,8 +332,9 @@ def to_messages(
                     end_turn()
                     result = output if isinstance(output, str) else _text(output)
                     messages.append(Message("tool", (ToolResult(call_id, result),)))
-                case ItemReference():
-                    raise errors.InvalidRequest(f"input.{index}: a reference to a reference")
+                case ItemReference(id=item_id):
+                    # Not among the stored responses' items (see the wire's _resolved).
+                    raise errors.InvalidRequest(f"input.{index}: item {item_id!r} does not exist")
         except ValueError as exc:
             raise errors.InvalidRequest(f"input.{index}: {exc}") from None
     end_turn()
@@ -355,6 +345,16 @@ def _parts(content: str | list[ContentPart]) -> list[Part]:
     if isinstance(content, str):
         return [TextPart(content)] if content else []
     return [part.to_part() for part in content]
+
+
+def _content(parts: list[Part]) -> str | tuple[Part, ...]:
+    """One text is a plain string, as every chat upstream takes it; more stay parts."""
+    if not parts:
+        return ""
+    only = parts[0]
+    if len(parts) == 1 and isinstance(only, TextPart):
+        return only.text
+    return tuple(parts)
 
 
 def _text(parts: list[ContentPart]) -> str:
@@ -369,12 +369,11 @@ def chat_request(
     limits: Limits,
     *,
     context: list[Message] | None = None,
-    references: Mapping[str, InputItem] | None = None,
 ) -> ChatRequest:
     """The request: ``instructions``, then ``context`` (a previous response's), then input."""
     messages = [Message("system", body.instructions)] if body.instructions else []
     messages += context or []
-    messages += to_messages(items, references)
+    messages += to_messages(items)
     check_messages(messages, limits)
     check_max_tokens(body.max_output_tokens, limits)
     return ChatRequest(model=body.model or "", messages=messages, options=body.to_options())
