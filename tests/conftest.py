@@ -85,7 +85,7 @@ async def database_url(store_backend: str) -> str:
         engine = create_engine(url)
         try:
             async with engine.begin() as connection:
-                await connection.execute(text("TRUNCATE messages, conversations"))
+                await connection.execute(text("TRUNCATE messages, conversations, responses"))
         finally:
             await engine.dispose()
     return url

@@ -28,7 +28,7 @@ from tokenrelay.ops.requests import RequestIds
 from tokenrelay.services import running
 from tokenrelay.serving.lanes import Handler, Lanes
 from tokenrelay.web import page
-from tokenrelay.wires import anthropic, native, openai, seed, websocket
+from tokenrelay.wires import anthropic, native, openai, responses, seed, websocket
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
@@ -88,6 +88,7 @@ def create_app(settings: Settings | None = None, *, tracer: Tracer | None = None
     stream_starts: dict[str, Handler] = {
         "/v1/chat/completions": openai.chat_completions,
         "/v1/messages": anthropic.create_message,
+        "/v1/responses": responses.create_response,
         "/v1/streams": native.start_stream,
         "/chat/stream": seed.chat_stream,
         "/api/v1/chat/stream": seed.chat_stream,
@@ -95,6 +96,14 @@ def create_app(settings: Settings | None = None, *, tracer: Tracer | None = None
     routes = [
         *(Route(path, handler, methods=["POST"]) for path, handler in stream_starts.items()),
         Route("/v1/models", openai.list_models, methods=["GET"]),
+        Route("/v1/responses/{response_id}", responses.get_response, methods=["GET"]),
+        Route("/v1/responses/{response_id}", responses.delete_response, methods=["DELETE"]),
+        Route("/v1/responses/{response_id}/cancel", responses.cancel_response, methods=["POST"]),
+        Route(
+            "/v1/responses/{response_id}/input_items",
+            responses.list_input_items,
+            methods=["GET"],
+        ),
         Route("/v1/streams/{stream_id}", native.attach_stream, methods=["GET"]),
         Route("/v1/streams/{stream_id}", native.cancel_stream, methods=["DELETE"]),
         Route("/v1/conversations", conversations.create_conversation, methods=["POST"]),

@@ -21,7 +21,8 @@ from tokenrelay.limits.ledger import Ledger
 from tokenrelay.ops.wiring import Operations
 from tokenrelay.providers import Provider, ProviderContext, build_provider
 from tokenrelay.relay import Relay
-from tokenrelay.store import Accounts, Store, open_store
+from tokenrelay.responses import Responses
+from tokenrelay.store import Accounts, Store, StoredResponses, open_store
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
@@ -35,6 +36,8 @@ class Services:
     providers: dict[str, Provider]
     relay: Relay
     conversations: Conversations
+    # Stored and background Responses (POST /v1/responses).
+    responses: Responses
     accounts: Accounts
     authenticator: Authenticator
     gate: Gate
@@ -65,6 +68,7 @@ async def running(settings: Settings, tracer: Tracer | None = None) -> AsyncIter
             relay.shared = SharedLog(settings, relay.streams.get, prefix="tokenrelay:s")
             relay.shared.start()
         conversations = Conversations(store, relay, settings)
+        responses = Responses(StoredResponses(store), relay, settings)
         ops = Operations(settings, relay, store, gate, tracer)
         services = Services(
             settings=settings,
@@ -73,6 +77,7 @@ async def running(settings: Settings, tracer: Tracer | None = None) -> AsyncIter
             providers=providers,
             relay=relay,
             conversations=conversations,
+            responses=responses,
             accounts=accounts,
             authenticator=Authenticator(settings.auth, accounts),
             gate=gate,

@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
     {"relay"},
     {"store"},
     {"auth", "limits"},
-    {"conversations"},
+    {"conversations", "responses"},
     {"ops"},
     {"services"},
     {"http"},

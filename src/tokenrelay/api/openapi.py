@@ -24,6 +24,7 @@ from tokenrelay.http.bodies import ChatFields
 from tokenrelay.http.responses import JSONResponse
 from tokenrelay.wires.anthropic_body import MessagesBody
 from tokenrelay.wires.openai import CompletionBody
+from tokenrelay.wires.responses_body import ResponsesBody
 
 JSON = "application/json"
 SSE = "text/event-stream"
@@ -41,6 +42,7 @@ EVENT = {
 }
 PAGE = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}}
 AFTER = {"name": "after", "in": "query", "schema": {"type": "string"}}
+ORDER = {"name": "order", "in": "query", "schema": {"enum": ["asc", "desc"]}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,25 @@ OPERATIONS = (
     ),
     Operation("get", "/v1/models", "the configured models"),
     Operation("post", "/v1/messages", "Anthropic Messages", MessagesBody, (JSON, SSE)),
+    Operation("post", "/v1/responses", "OpenAI Responses", ResponsesBody, (JSON, SSE)),
+    Operation(
+        "get",
+        "/v1/responses/{response_id}",
+        "a stored response; with stream=true, its events again (background)",
+        answers=(JSON, SSE),
+        query=(
+            {"name": "stream", "in": "query", "schema": {"enum": ["true", "false"]}},
+            {"name": "starting_after", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+        ),
+    ),
+    Operation("delete", "/v1/responses/{response_id}", "delete a stored response"),
+    Operation("post", "/v1/responses/{response_id}/cancel", "cancel a background response"),
+    Operation(
+        "get",
+        "/v1/responses/{response_id}/input_items",
+        "a stored response's input items",
+        query=(PAGE, AFTER, ORDER),
+    ),
     Operation("post", "/v1/streams", "start a native stream", ChatFields, (SSE,)),
     Operation("get", "/v1/streams/{stream_id}", "attach to a stream", answers=(SSE,)),
     Operation("delete", "/v1/streams/{stream_id}", "cancel a stream"),
@@ -76,7 +97,7 @@ OPERATIONS = (
         "get",
         "/v1/conversations/{conversation_id}/messages",
         "list a conversation's messages",
-        query=(PAGE, AFTER, {"name": "order", "in": "query", "schema": {"enum": ["asc", "desc"]}}),
+        query=(PAGE, AFTER, ORDER),
     ),
     Operation(
         "post",

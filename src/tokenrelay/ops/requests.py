@@ -26,6 +26,7 @@ VALID_ID = re.compile(r"[!-~]{1,128}")
 WIRES = (
     ("/v1/chat/completions", "openai"),
     ("/v1/messages", "anthropic"),
+    ("/v1/responses", "responses"),
     ("/v1/streams", "native"),
     ("/v1/conversations", "conversations"),
     ("/chat/stream", "seed"),

@@ -15,6 +15,9 @@ finish reason to ``tool_calls``)::
     {"script": {"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"},
                                 "fragment": 4}, {"name": "now"}]}}
 
+An agent sends the same request again with the tools' results after it: ``after_tools`` is the
+script for that next step (``{"tool_calls": [...], "after_tools": {"text": "It is 21C."}}``).
+
 Text is carried as UTF-8 bytes and decoded incrementally, exactly as a network provider must,
 so ``split_utf8`` exercises the same path a real upstream splitting a character would.
 
@@ -85,6 +88,9 @@ class Script(BaseModel):
         default_factory=list, max_length=128, description="encrypted reasoning blocks' data"
     )
     tool_calls: list[ScriptedCall] = Field(default_factory=list, max_length=128)
+    after_tools: dict[str, Any] | None = Field(
+        default=None, description="the script instead once the last message is a tool result"
+    )
 
 
 class ScriptedCall(BaseModel):
@@ -193,6 +199,9 @@ class ScriptedProvider(Provider):
     async def stream(self, request: ChatRequest) -> AsyncIterator[ProviderEvent]:
         asked = request.options
         script = parse_script(self.options.script, asked.script)
+        last = request.messages[-1] if request.messages else None
+        if script.after_tools is not None and last is not None and last.role == "tool":
+            script = parse_script(script.after_tools)
         limits = self.context.settings.limits
         if asked.script is not None:
             _check_size(script, limits.max_script_chars)

@@ -366,6 +366,15 @@ class SharedLog:
     async def lease_alive(self, instance: str) -> bool:
         return bool(await self.client.exists(self._lease_key(instance)))
 
+    async def instance_alive(self, instance: str) -> bool:
+        """:meth:`lease_alive` for a client's request: a 503 when Redis does not answer."""
+        try:
+            return await self.lease_alive(instance)
+        except Faults as exc:
+            raise errors.StreamLogUnavailable(
+                "the shared stream log (Redis) did not answer; try again shortly", retry_after=1
+            ) from exc
+
 
 class RemoteStream(Stream):
     """A stream generated elsewhere: its log is filled from Redis for the viewers here.

@@ -1,4 +1,4 @@
-"""Durable conversations: SQLite by default, PostgreSQL when the database URL says so."""
+"""Durable conversations and Responses: SQLite by default, PostgreSQL by the database URL."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import logging
 from tokenrelay.config import Settings
 from tokenrelay.store.accounts import Accounts
 from tokenrelay.store.repository import ConversationRecord, MessageRecord, Page, Store
+from tokenrelay.store.responses import ResponseRecord, StoredResponses
 from tokenrelay.store.schema import SchemaOutdated
 
 __all__ = [
@@ -14,8 +15,10 @@ __all__ = [
     "ConversationRecord",
     "MessageRecord",
     "Page",
+    "ResponseRecord",
     "SchemaOutdated",
     "Store",
+    "StoredResponses",
     "database_url",
     "open_store",
 ]
