@@ -41,6 +41,26 @@ def _ask(**script: Any) -> list[Any]:
     return [{"role": "user", "content": fake_prompt(**script)}]
 
 
+THINKING: Any = {"type": "enabled", "budget_tokens": 2048}
+
+
+async def _think(sdk: anthropic.AsyncAnthropic, messages: list[Any]) -> tuple[list[Any], Any]:
+    """A streamed reply with thinking on: its events, and the SDK's final message."""
+    async with sdk.messages.stream(
+        model="claude", max_tokens=3000, messages=messages, thinking=THINKING
+    ) as stream:
+        events = [event async for event in stream]
+        return events, await stream.get_final_message()
+
+
+async def _send_back(sdk: anthropic.AsyncAnthropic, messages: list[Any], reply: Any) -> None:
+    """The next turn, with ``reply``'s blocks in the history exactly as the SDK gave them."""
+    assistant = {"role": "assistant", "content": [block.model_dump() for block in reply.content]}
+    await sdk.messages.create(
+        model="claude", max_tokens=3000, messages=[*messages, assistant, *_ask()], thinking=THINKING
+    )
+
+
 async def test_sdk_streams_a_tool_use_block_and_the_tool_result_goes_back_as_sent(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -104,21 +124,8 @@ async def test_thinking_streams_before_the_text_then_its_signature_goes_back_ver
 ) -> None:
     script = {"thinking": ["Paris is", " in France."], "signature": "sig-abc", "tokens": ["Yes."]}
     async with through_fake_anthropic(monkeypatch) as (gateway, fake), _client(gateway) as sdk:
-        async with sdk.messages.stream(
-            model="claude",
-            max_tokens=3000,
-            messages=_ask(**script),
-            thinking={"type": "enabled", "budget_tokens": 2048},
-        ) as stream:
-            events = [event async for event in stream]
-            final = await stream.get_final_message()
-        assistant = [block.model_dump() for block in final.content]
-        await sdk.messages.create(
-            model="claude",
-            max_tokens=3000,
-            messages=[*_ask(**script), {"role": "assistant", "content": assistant}, *_ask()],
-            thinking={"type": "enabled", "budget_tokens": 2048},
-        )
+        events, final = await _think(sdk, _ask(**script))
+        await _send_back(sdk, _ask(**script), final)
         first, second = (recorded.json for recorded in fake.requests)
 
     deltas = [(e.index, e.delta.type) for e in events if e.type == "content_block_delta"]
@@ -223,24 +230,11 @@ async def test_redacted_thinking_reaches_the_sdk_whole_and_goes_back_verbatim(
 ) -> None:
     script = {"thinking": ["Let me see."], "redacted_thinking": ["EncRypted=="], "tokens": ["Ok."]}
     async with through_fake_anthropic(monkeypatch) as (gateway, fake), _client(gateway) as sdk:
-        async with sdk.messages.stream(
-            model="claude",
-            max_tokens=3000,
-            messages=_ask(**script),
-            thinking={"type": "enabled", "budget_tokens": 2048},
-        ) as stream:
-            events = [event async for event in stream]
-            final = await stream.get_final_message()
+        events, final = await _think(sdk, _ask(**script))
         collected = await sdk.messages.create(
             model="claude", max_tokens=3000, messages=_ask(**script)
         )
-        assistant = [block.model_dump() for block in final.content]
-        await sdk.messages.create(
-            model="claude",
-            max_tokens=3000,
-            messages=[*_ask(**script), {"role": "assistant", "content": assistant}, *_ask()],
-            thinking={"type": "enabled", "budget_tokens": 2048},
-        )
+        await _send_back(sdk, _ask(**script), final)
         sent_back = fake.requests[-1].json["messages"][1]["content"]
 
     starts = [(e.index, e.content_block.type) for e in events if e.type == "content_block_start"]
