@@ -156,7 +156,7 @@ class EventStreamResponse:
                 deadline = Deadline()
                 try:
                     while True:
-                        if len(log.events) > offset:
+                        if len(log) > offset:
                             batch = log.read(offset, MAX_WRITE_CHARS)
                             data = self.encoder.encode(batch, offset + 1)
                             offset += len(batch)
@@ -235,8 +235,8 @@ class CollectedResponse:
         try:
             async with WatchDisconnect(receive):
                 while not stream.log.closed:
-                    await stream.log.wait(len(stream.log.events))
-                last = stream.log.events[-1]
+                    await stream.log.wait(len(stream.log))
+                last = stream.log.last
                 if isinstance(last, Failed):
                     await send_error_before_start(send, last.error, scope, self.render_error)
                     return

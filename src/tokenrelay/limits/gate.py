@@ -26,7 +26,6 @@ from tokenrelay import errors
 from tokenrelay.auth import identity
 from tokenrelay.chat import ChatRequest
 from tokenrelay.config import Quota, RateLimitSettings
-from tokenrelay.events import Usage
 from tokenrelay.limits.base import Lease, Limiter, LimiterDown
 from tokenrelay.limits.headers import duration, publish, rate_headers
 from tokenrelay.limits.ledger import Ledger
@@ -255,7 +254,7 @@ class Gate:
 def _usage(ticket: Ticket, stream: Stream) -> tuple[int, int, bool]:
     """Prompt and completion tokens, and whether they are estimates."""
     log = stream.log
-    reported = next((e for e in reversed(log.events) if isinstance(e, Usage)), None)
+    reported = log.usage
     if reported is not None:
         return reported.prompt_tokens, reported.completion_tokens, False
     text = log.text()

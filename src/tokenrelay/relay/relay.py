@@ -253,8 +253,7 @@ class Relay:
                         exc.code,
                     )
                     # Never switch or repeat once the client has seen output from this stream.
-                    sent = any(isinstance(e, DELTAS) for e in log.events)
-                    if sent or not retry.worth_retrying(exc):
+                    if log.answered or not retry.worth_retrying(exc):
                         raise
                     if plan is None:
                         plan = retry.attempts(primary, self.providers)
