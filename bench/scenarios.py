@@ -247,3 +247,75 @@ async def _gather_bounded(coros: list[Any], timeout: float) -> list[Any]:
         else:
             results.append(StreamResult(sent=0.0, error="did not finish"))
     return results
+
+
+# -- 4. open streams holding long replies: what the log keeps for resume
+
+
+async def long_replies(target: Target, streams: int, tokens: int, ramp: float) -> dict[str, Any]:
+    """``streams`` streams opened over ``ramp`` seconds, each sent its ``tokens`` tokens at once
+    and then held open (the upstream waits before it ends them), as chat replies sit in their
+    logs while clients may still resume them. Memory per stream as in :func:`slow_streams`."""
+    hold = ramp + 4.0
+    body = target.body(tokens, hold=hold)
+    tracker = _Tracker()
+    idle_rss = target.meter.rss_bytes()
+    sampler = asyncio.create_task(_sample(target, tracker, streams, 0.1))
+    loop = asyncio.get_running_loop()
+    begin = loop.time()
+
+    async def one(index: int) -> StreamResult:
+        await asyncio.sleep(max(0.0, begin + ramp * index / streams - loop.time()))
+        tracker.started += 1
+        try:
+            return await target.client.stream(body, timeout=hold + ramp + 30)
+        finally:
+            tracker.finished += 1
+
+    try:
+        results = await _gather_bounded([one(i) for i in range(streams)], hold + ramp + 40)
+    finally:
+        sampler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sampler
+    full = [rss for _, rss, open_ in tracker.samples if open_ == streams]
+    peak = max(full) if full else None
+    return {
+        "streams": streams,
+        "tokens_per_stream": tokens,
+        "failed": sum(1 for r in results if not r.ok or tokens_in(r.chars) != tokens),
+        "idle_rss_bytes": idle_rss,
+        "peak_rss_bytes": peak,
+        "bytes_per_stream": (peak - idle_rss) / streams if peak is not None else None,
+        "rss_samples_all_open": len(full),
+    }
+
+
+def log_bytes_per_token(tokens: int) -> dict[str, Any]:
+    """A stream log holding a reply of ``tokens`` bench tokens, measured from its buffers'
+    sizes (their headers and room to grow included) against the reply's text."""
+    import sys
+
+    from bench.workload import TOKEN
+    from tokenrelay.events import Finish, Opened, TextDelta
+    from tokenrelay.relay.log import StreamLog
+
+    out: dict[str, Any] = {"tokens": tokens, "token_bytes": len(TOKEN.encode())}
+    for state in ("open", "finished"):
+        log = StreamLog()
+        log.append(Opened("str_" + "x" * 22, "bench"))
+        for _ in range(tokens):
+            log.append(TextDelta(TOKEN))
+        if state == "finished":
+            log.append(Finish("stop"))
+        packed = getattr(log.events, "data", None)
+        if packed is None:  # a log that keeps one object per event
+            size = sys.getsizeof(log.events) + sum(
+                sys.getsizeof(e) + sys.getsizeof(getattr(e, "text", "")) for e in log.events
+            )
+        else:
+            buffers = (log.events.data, log.events.codes, log.events._marks)
+            size = sum(sys.getsizeof(b) for b in buffers)
+        text = tokens * len(TOKEN.encode())
+        out[state] = {"bytes_per_token": size / tokens, "x_text": size / text}
+    return out

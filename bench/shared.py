@@ -28,8 +28,10 @@ TOKENS = 200
 
 @dataclass
 class NativeTarget(Target):
-    def body(self, tokens: int, *, delay: float = 0.0, first_delay: float = 0.0) -> dict[str, Any]:
-        body = super().body(tokens, delay=delay, first_delay=first_delay)
+    def body(
+        self, tokens: int, *, delay: float = 0.0, first_delay: float = 0.0, hold: float = 0.0
+    ) -> dict[str, Any]:
+        body = super().body(tokens, delay=delay, first_delay=first_delay, hold=hold)
         del body["stream"]  # the native wire always streams
         return body
 

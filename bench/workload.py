@@ -29,19 +29,29 @@ class Target:
     meter: Child
     """The gateway process; for the direct baseline, the upstream itself."""
 
-    def body(self, tokens: int, *, delay: float = 0.0, first_delay: float = 0.0) -> dict[str, Any]:
-        return stream_body(self.model, tokens, delay=delay, first_delay=first_delay)
+    def body(
+        self, tokens: int, *, delay: float = 0.0, first_delay: float = 0.0, hold: float = 0.0
+    ) -> dict[str, Any]:
+        return stream_body(self.model, tokens, delay=delay, first_delay=first_delay, hold=hold)
 
 
 def stream_body(
-    model: str, tokens: int, *, delay: float = 0.0, first_delay: float = 0.0
+    model: str,
+    tokens: int,
+    *,
+    delay: float = 0.0,
+    first_delay: float = 0.0,
+    hold: float = 0.0,
 ) -> dict[str, Any]:
-    """A streamed chat request that makes the fake upstream send ``tokens`` tokens."""
+    """A streamed chat request that makes the fake upstream send ``tokens`` tokens (then wait
+    ``hold`` seconds before it finishes the reply)."""
     script: dict[str, Any] = {"tokens": [TOKEN], "repeat": tokens}
     if delay:
         script["delay"] = delay
     if first_delay:
         script["first_delay"] = first_delay
+    if hold:
+        script["finish_delay"] = hold
     return {
         "model": model,
         "messages": [{"role": "user", "content": fake_prompt(**script)}],
