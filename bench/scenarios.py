@@ -35,8 +35,11 @@ async def time_to_first_token(
     (rotating who goes first) so that noise on the machine falls on all of them alike."""
     samples: dict[str, list[float]] = {t.name: [] for t in targets}
     failures: dict[str, int] = {t.name: 0 for t in targets}
+    # Per round, each target against the first target (direct) measured beside it.
+    paired: dict[str, list[float]] = {t.name: [] for t in targets[1:]}
     for round_ in range(warmup + requests):
         shift = round_ % len(targets)
+        this_round: dict[str, float] = {}
         for target in targets[shift:] + targets[:shift]:
             result = await target.client.stream(target.body(tokens), timeout=10, reuse=True)
             if round_ < warmup:
@@ -44,7 +47,12 @@ async def time_to_first_token(
             if not result.ok or result.first_token is None:
                 failures[target.name] += 1
                 continue
-            samples[target.name].append((result.first_token - result.sent) * 1000)
+            this_round[target.name] = (result.first_token - result.sent) * 1000
+            samples[target.name].append(this_round[target.name])
+        base = this_round.get(targets[0].name)
+        for name, values in paired.items():
+            if base is not None and name in this_round:
+                values.append(this_round[name] - base)
     for target in targets:
         target.client.close()
     return {
@@ -54,6 +62,14 @@ async def time_to_first_token(
             "mean_ms": statistics.fmean(values) if values else None,
             "requests": len(values),
             "failed": failures[name],
+            **(
+                {
+                    "paired_added_p50_ms": percentile(paired[name], 50),
+                    "paired_added_p99_ms": percentile(paired[name], 99),
+                }
+                if paired.get(name)
+                else {}
+            ),
         }
         for name, values in samples.items()
     }

@@ -128,7 +128,12 @@ class Relay:
     ) -> Stream:
         """Admit, then :meth:`start`: how a client's request starts a stream."""
         admitted = await self.admit(request, owner)
-        return self.start(request, owner=owner, linger=linger, admitted=admitted)
+        stream = self.start(request, owner=owner, linger=linger, admitted=admitted)
+        # One loop turn for the generation's task, scheduled just now: it sends the upstream
+        # request before the caller sets its response up, and that setup then overlaps the
+        # upstream's own latency instead of delaying the first token.
+        await asyncio.sleep(0)
+        return stream
 
     def start(
         self,
