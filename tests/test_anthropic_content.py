@@ -216,3 +216,40 @@ async def test_a_block_type_the_wire_does_not_model_is_a_400_naming_it(
             )
         assert not fake.requests
     assert "'document' is not supported" in str(caught.value)
+
+
+async def test_redacted_thinking_reaches_the_sdk_whole_and_goes_back_verbatim(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    script = {"thinking": ["Let me see."], "redacted_thinking": ["EncRypted=="], "tokens": ["Ok."]}
+    async with through_fake_anthropic(monkeypatch) as (gateway, fake), _client(gateway) as sdk:
+        async with sdk.messages.stream(
+            model="claude",
+            max_tokens=3000,
+            messages=_ask(**script),
+            thinking={"type": "enabled", "budget_tokens": 2048},
+        ) as stream:
+            events = [event async for event in stream]
+            final = await stream.get_final_message()
+        collected = await sdk.messages.create(
+            model="claude", max_tokens=3000, messages=_ask(**script)
+        )
+        assistant = [block.model_dump() for block in final.content]
+        await sdk.messages.create(
+            model="claude",
+            max_tokens=3000,
+            messages=[*_ask(**script), {"role": "assistant", "content": assistant}, *_ask()],
+            thinking={"type": "enabled", "budget_tokens": 2048},
+        )
+        sent_back = fake.requests[-1].json["messages"][1]["content"]
+
+    starts = [(e.index, e.content_block.type) for e in events if e.type == "content_block_start"]
+    assert starts == [(0, "thinking"), (1, "redacted_thinking"), (2, "text")]
+    for message in (final, collected):
+        assert [block.type for block in message.content] == [
+            "thinking",
+            "redacted_thinking",
+            "text",
+        ]
+        assert message.content[1].data == "EncRypted=="  # type: ignore[union-attr]
+    assert sent_back[1] == {"type": "redacted_thinking", "data": "EncRypted=="}

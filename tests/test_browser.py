@@ -453,6 +453,28 @@ async def test_reasoning_streams_collapsed_and_a_tool_call_shows_as_a_call_not_t
     assert (stored_name, stored_summary, stored_thought) == ("get_weather", "Thought", THOUGHT)
 
 
+async def test_reasoning_the_provider_redacted_shows_that_it_thought_and_nothing_of_it(
+    browser: Any, tmp_path: Path
+) -> None:
+    models = demo(redacted=["RW5jcnlwdGVk"], text="Here you go.")
+    database = await fresh_database(tmp_path)
+    last = ".message.assistant:last-of-type"
+    async with (
+        serve(models=models, database_url=database) as gateway,
+        chat_page(browser, gateway) as page,
+    ):
+        await ask(page, "Think hard.")
+        await wait_until_done(page)
+        live = await page.text_content(f"{last} .reasoning-text")
+        await page.reload()
+        await page.wait_for_selector(f"{last} details.reasoning", timeout=WAIT_MS)
+        stored = await page.text_content(f"{last} .reasoning-text")
+        body = await page.text_content(f"{last} .body")
+        assert page.errors == []
+    assert live == stored == "(the provider keeps this reasoning hidden)"
+    assert body is not None and "RW5j" not in body and "Here you go." in body
+
+
 async def test_a_reload_mid_reasoning_reattaches_with_no_gap_or_repeat(browser: Any) -> None:
     thought = " ".join(f"step{i:02d}" for i in range(40))
     models = demo(reasoning=thought, text="Done thinking.", tool_calls=[WEATHER_CALL], delay=0.04)

@@ -101,6 +101,7 @@ async def test_a_replys_reasoning_keeps_its_signature_and_its_calls_their_argume
     script: dict[str, Any] = {
         "reasoning": "Two cities, two calls.",
         "signature": "sig-abc==",
+        "redacted": ["RW5jcnlwdGVk"],
         "tool_calls": [
             {"id": "call_1", "name": "get_weather", "arguments": {"city": "Oslo"}, "fragment": 3},
             {"id": "call_2", "name": "now"},
@@ -123,6 +124,7 @@ async def test_a_replys_reasoning_keeps_its_signature_and_its_calls_their_argume
     )
     assert reply["parts"] == [
         {"type": "reasoning", "text": "Two cities, two calls.", "signature": "sig-abc=="},
+        {"type": "redacted_reasoning", "data": "RW5jcnlwdGVk"},
         {
             "type": "tool_call",
             "id": "call_1",

@@ -177,6 +177,25 @@ async def test_openai_reasoning_effort_is_a_thinking_budget_and_thinking_is_reas
     assert sent["max_tokens"] > 1024  # Anthropic wants room beyond the budget
 
 
+async def test_a_reasoning_effort_above_max_tokens_thinks_within_them_or_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with on_anthropic(monkeypatch) as (client, fake):
+        await client.chat.completions.create(
+            model="claude", messages=_ask(), reasoning_effort="high", max_tokens=3000
+        )
+        sent = fake.requests[0].json
+        with pytest.raises(openai.BadRequestError) as caught:
+            await client.chat.completions.create(
+                model="claude", messages=_ask(), reasoning_effort="low", max_tokens=800
+            )
+        assert len(fake.requests) == 1  # refused here, not by the upstream
+    # "high" is 4096 tokens of thinking: Anthropic refuses a budget that is not below
+    # max_tokens, so the client's cap wins.
+    assert (sent["max_tokens"], sent["thinking"]["budget_tokens"]) == (3000, 2999)
+    assert "needs max_tokens above 1024" in caught.value.message
+
+
 # -- an Anthropic client on the openai provider
 
 

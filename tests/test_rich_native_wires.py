@@ -118,6 +118,23 @@ async def test_websocket_turn_carries_reasoning_and_tool_calls() -> None:
     assert messages[-1]["finish_reason"] == "tool_calls"
 
 
+async def test_redacted_reasoning_is_a_reasoning_event_with_its_data_on_sse_and_websocket(
+    http: aiohttp.ClientSession,
+) -> None:
+    script = {"reasoning": "Hm.", "redacted": ["RW5j", "cnlwdGVk"], "text": "Done."}
+    async with serve() as gateway:
+        async with http.post(f"{gateway.url}/v1/streams", json=body(**script)) as response:
+            frames = await read_all(response)
+        async with chat(gateway) as ws:
+            await send(ws, {"content": "hi", "script": script})
+            messages = await reply(ws)
+    sse = [f.json() for f in frames if f.event == "reasoning"]
+    socket = [{k: v for k, v in m.items() if k not in ("type", "id")} for m in messages]
+    for reasoning in (sse, [m for m in socket if m.keys() & {"text", "redacted"}]):
+        # Two redacted blocks stay two: they are opaque, never joined.
+        assert reasoning == [{"text": "Hm."}, {"redacted": "RW5j"}, {"redacted": "cnlwdGVk"}]
+
+
 async def test_the_seed_wire_is_text_only_and_refuses_tools(http: aiohttp.ClientSession) -> None:
     tools = [{"type": "function", "function": {"name": "now"}}]
     async with serve() as gateway:

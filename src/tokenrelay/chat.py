@@ -66,7 +66,14 @@ class ReasoningPart:
     signature: str | None = None
 
 
-Part = TextPart | ImagePart | ToolCall | ToolResult | ReasoningPart
+@dataclass(slots=True, frozen=True)
+class RedactedReasoningPart:
+    """Encrypted reasoning carried back verbatim (Anthropic ``redacted_thinking``)."""
+
+    data: str
+
+
+Part = TextPart | ImagePart | ToolCall | ToolResult | ReasoningPart | RedactedReasoningPart
 
 
 @dataclass(slots=True)
@@ -99,7 +106,8 @@ class Message:
                     total += len(name) + len(arguments)
                 case ToolResult(content=content):
                     total += len(content)
-                case ImagePart():
+                case ImagePart() | RedactedReasoningPart():
+                    # Image bytes are not read as text; redacted reasoning is opaque.
                     pass
         return total
 

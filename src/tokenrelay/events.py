@@ -5,7 +5,8 @@ Nothing here knows about HTTP, SSE or WebSockets.
 
 A good stream is ``Opened, [Queued…], deltas…, [Usage], Finish``; a failed one ends with
 ``Failed`` instead of ``Finish``. Deltas are text, reasoning (then its signature, where the
-provider gives one) and tool calls: ``ToolCallStart(index, id, name)``, its
+provider gives one), redacted reasoning (opaque, as Anthropic's ``redacted_thinking``) and tool
+calls: ``ToolCallStart(index, id, name)``, its
 ``ToolCallDelta(index, arguments)`` fragments and ``ToolCallEnd(index)``; ``index`` counts the
 calls of one reply from 0, and several calls may be open at once.
 
@@ -61,6 +62,14 @@ class ReasoningSignature:
 
 
 @dataclass(slots=True, frozen=True)
+class RedactedReasoning:
+    """Reasoning the provider encrypted (Anthropic ``redacted_thinking``): nothing to show,
+    ``data`` to carry back verbatim on the next turn."""
+
+    data: str
+
+
+@dataclass(slots=True, frozen=True)
 class ToolCallStart:
     index: int
     id: str
@@ -110,10 +119,24 @@ class Failed:
 
 
 Delta = (
-    TextDelta | ReasoningDelta | ReasoningSignature | ToolCallStart | ToolCallDelta | ToolCallEnd
+    TextDelta
+    | ReasoningDelta
+    | ReasoningSignature
+    | RedactedReasoning
+    | ToolCallStart
+    | ToolCallDelta
+    | ToolCallEnd
 )
 ProviderEvent = Accepted | Queued | Delta | Usage | Finish
 Event = Opened | Queued | Delta | Usage | Finish | Failed
 TERMINAL = (Finish, Failed)
 # What the client sees as output: any one of these means the stream has started answering.
-DELTAS = (TextDelta, ReasoningDelta, ReasoningSignature, ToolCallStart, ToolCallDelta, ToolCallEnd)
+DELTAS = (
+    TextDelta,
+    ReasoningDelta,
+    ReasoningSignature,
+    RedactedReasoning,
+    ToolCallStart,
+    ToolCallDelta,
+    ToolCallEnd,
+)

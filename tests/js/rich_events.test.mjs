@@ -12,6 +12,7 @@ const skipWs = typeof WebSocket === "undefined" ? "run node with --experimental-
 const SCRIPT = {
   reasoning: "Two places, so two calls: one for the weather and one for the time.",
   signature: "sig-Zm9v==",
+  redacted: ["RW5jcnlwdGVk"],
   text: "Checking both.",
   tool_calls: [
     { id: "call_w", name: "get_weather", arguments: { city: "Paris", unit: "C" }, fragment: 4 },
@@ -42,6 +43,7 @@ function assertRich(events, result, label = "") {
   assert.equal(result.status, "complete", `${label} ${result.error?.message}`);
   assert.equal(result.reasoning, SCRIPT.reasoning, label);
   assert.equal(result.signature, SCRIPT.signature, label);
+  assert.deepEqual(result.redacted, SCRIPT.redacted, label);
   assert.equal(result.text, SCRIPT.text, label);
   assert.deepEqual(result.toolCalls, CALLS, label);
   assert.equal(result.finishReason, "tool_calls", label);
@@ -117,11 +119,13 @@ test("a resume carries what the reply had before the cut", async () => {
       text: cut.text,
       reasoning: cut.reasoning,
       signature: cut.signature,
+      redacted: cut.redacted,
       toolCalls: cut.toolCalls,
     },
   });
   const result = await rest.done;
   assert.equal(result.reasoning, SCRIPT.reasoning);
+  assert.deepEqual(result.redacted, SCRIPT.redacted);
   assert.equal(result.text, SCRIPT.text);
   assert.deepEqual(result.toolCalls, CALLS);
 });

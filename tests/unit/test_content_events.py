@@ -14,6 +14,7 @@ from tokenrelay.events import (
     Opened,
     ReasoningDelta,
     ReasoningSignature,
+    RedactedReasoning,
     TextDelta,
     ToolCallDelta,
     ToolCallEnd,
@@ -30,6 +31,7 @@ CALLS: list[Event] = [
     ReasoningDelta("Let me "),
     ReasoningDelta("think."),
     ReasoningSignature("sig-1"),
+    RedactedReasoning("RW5jcnlwdGVk"),
     TextDelta("Checking."),
     ToolCallStart(0, "call_a", "weather"),
     ToolCallDelta(0, '{"city":'),
@@ -104,6 +106,7 @@ def test_native_names_reasoning_and_tool_call_events() -> None:
     assert named == [
         ("reasoning", {"text": "Let me think."}),
         ("reasoning", {"signature": "sig-1"}),
+        ("reasoning", {"redacted": "RW5jcnlwdGVk"}),
         ("tool_call", {"index": 0, "id": "call_a", "name": "weather"}),
         ("tool_call", {"index": 0, "arguments": '{"city":"Paris"}'}),
         ("tool_call", {"index": 0, "done": True}),
@@ -126,7 +129,7 @@ def test_websocket_tool_call_messages_keep_the_event_id_apart_from_the_call_id()
         "index": 0,
         "call_id": "call_a",
         "name": "weather",
-        "id": 6,
+        "id": 7,
     }
 
 

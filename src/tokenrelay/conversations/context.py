@@ -13,7 +13,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tokenrelay import errors
-from tokenrelay.chat import ImagePart, Message, ReasoningPart, TextPart, Tool, ToolCall, ToolResult
+from tokenrelay.chat import (
+    ImagePart,
+    Message,
+    ReasoningPart,
+    RedactedReasoningPart,
+    TextPart,
+    Tool,
+    ToolCall,
+    ToolResult,
+)
 from tokenrelay.conversations.parts import answers_calls
 from tokenrelay.tokens import (
     IMAGE_TOKENS,
@@ -42,6 +51,10 @@ def countable(message: Message) -> tuple[str, int]:
                 fixed += MESSAGE_OVERHEAD
             case ImagePart():
                 fixed += IMAGE_TOKENS
+            case RedactedReasoningPart(data=data):
+                # Base64 of the encrypted thinking: 3 bytes in 4 characters, and the
+                # estimate counts 3 bytes a token, as for text.
+                fixed += len(data) // 4
     return "\n".join(texts), fixed
 
 

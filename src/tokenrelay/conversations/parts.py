@@ -7,6 +7,7 @@ One shape each, OpenAI's where OpenAI has one::
     {"type": "tool_call", "id", "name", "arguments"}            arguments: JSON text
     {"type": "tool_result", "tool_call_id", "content"}
     {"type": "reasoning", "text", "signature"?}
+    {"type": "redacted_reasoning", "data"}                     encrypted, carried back verbatim
 
 A message that is only text stores no parts (its ``content`` is all of it). A user's tool
 results are stored in the user's message, as Anthropic has them; :func:`for_model` turns them
@@ -23,6 +24,7 @@ from tokenrelay.chat import (
     Message,
     Part,
     ReasoningPart,
+    RedactedReasoningPart,
     Role,
     TextPart,
     ToolCall,
@@ -48,6 +50,8 @@ def part_json(part: Part) -> JSONPart:
             if signature is not None:
                 reasoning["signature"] = signature
             return reasoning
+        case RedactedReasoningPart(data=data):
+            return {"type": "redacted_reasoning", "data": data}
         case _:
             assert_never(part)
 
@@ -66,6 +70,8 @@ def part_of(data: JSONPart) -> Part:
         return ToolResult(data["tool_call_id"], data["content"])
     if kind == "reasoning":
         return ReasoningPart(data["text"], data.get("signature"))
+    if kind == "redacted_reasoning":
+        return RedactedReasoningPart(data["data"])
     raise ValueError(f"unknown stored part type {kind!r}")
 
 

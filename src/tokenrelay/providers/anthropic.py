@@ -11,6 +11,7 @@ stream (https://docs.anthropic.com/en/api/messages-streaming) maps onto the comm
     content_block_stop   of a tool_use block   ToolCallEnd
     content_block_delta  thinking_delta        ReasoningDelta
     content_block_delta  signature_delta       ReasoningSignature
+    content_block_start  redacted_thinking     RedactedReasoning
     message_delta        stop_reason           finish reason; usage: completion tokens
     message_stop                               Usage, Finish
     error                error.type            the mapped TokenRelayError
@@ -37,6 +38,7 @@ from tokenrelay.events import (
     ProviderEvent,
     ReasoningDelta,
     ReasoningSignature,
+    RedactedReasoning,
     TextDelta,
     ToolCallDelta,
     ToolCallEnd,
@@ -200,6 +202,8 @@ class MessageStream:
             return [TextDelta(str(block["text"]))]
         if kind == "thinking" and block.get("thinking"):
             return [ReasoningDelta(str(block["thinking"]))]
+        if kind == "redacted_thinking" and isinstance(block.get("data"), str):
+            return [RedactedReasoning(block["data"])]
         return []
 
     def _delta(self, index: object, delta: dict[str, Any]) -> list[ProviderEvent]:

@@ -26,6 +26,7 @@ from tokenrelay.chat import (
     Message,
     Part,
     ReasoningPart,
+    RedactedReasoningPart,
     ResponseFormat,
     TextPart,
     Tool,
@@ -60,7 +61,7 @@ def build_body(request: ChatRequest, model: str) -> dict[str, Any]:
             _append(turns, "assistant" if message.role == "assistant" else "user", content)
     budget = options.reasoning_budget
     if budget is None and options.reasoning_effort is not None:
-        budget = budget_of_effort(options.reasoning_effort)
+        budget = budget_of_effort(options.reasoning_effort, options.token_limit)
     body["model"] = model
     body["max_tokens"] = options.token_limit or DEFAULT_MAX_TOKENS + (budget or 0)
     body["messages"] = turns
@@ -150,6 +151,8 @@ def _block(part: Part, index: int) -> dict[str, Any] | None:
             if signature is None:
                 return None
             return {"type": "thinking", "thinking": text, "signature": signature}
+        case RedactedReasoningPart(data=data):
+            return {"type": "redacted_thinking", "data": data}
         case _:
             assert_never(part)
 

@@ -15,6 +15,7 @@ from tokenrelay.chat import (
     ImagePart,
     Message,
     ReasoningPart,
+    RedactedReasoningPart,
     ResponseFormat,
     TextPart,
     Tool,
@@ -88,7 +89,7 @@ def message_json(message: Message) -> dict[str, Any]:
             case ToolCall(id=call_id, name=name, arguments=arguments):
                 function = {"name": name, "arguments": arguments}
                 calls.append({"id": call_id, "type": "function", "function": function})
-            case ToolResult() | ReasoningPart():
+            case ToolResult() | ReasoningPart() | RedactedReasoningPart():
                 # A result only travels as a tool message; OpenAI takes no reasoning back.
                 # (A tool message has no is_error: an error result is told by its content.)
                 pass

@@ -6,7 +6,8 @@ The script comes from the model's ``options`` in the config, overridden per requ
     {"script": {"text": "Hello 👋 world", "delay": 0.05, "error_after": 2}}
 
 A script can also think and call tools: ``reasoning`` (text, sent as reasoning deltas word by
-word before the reply, then ``signature`` if given) and ``tool_calls`` (each ``{"name",
+word before the reply, then ``signature`` if given, then each of ``redacted`` as a redacted
+reasoning block) and ``tool_calls`` (each ``{"name",
 "arguments"?, "id"?, "fragment"?}``: arguments as JSON text or an object, streamed in pieces of
 ``fragment`` characters after the reply's text; with calls the text defaults to none and the
 finish reason to ``tool_calls``)::
@@ -35,13 +36,14 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tokenrelay import errors
-from tokenrelay.chat import ChatRequest, Feature
+from tokenrelay.chat import ChatRequest, Feature, Message, TextPart, ToolCall, ToolResult
 from tokenrelay.events import (
     Accepted,
     Finish,
     ProviderEvent,
     ReasoningDelta,
     ReasoningSignature,
+    RedactedReasoning,
     TextDelta,
     ToolCallDelta,
     ToolCallEnd,
@@ -79,6 +81,9 @@ class Script(BaseModel):
     usage: bool = True
     reasoning: str | None = Field(default=None, description="thought aloud before the reply")
     signature: str | None = Field(default=None, description="the reasoning's signature")
+    redacted: list[str] = Field(
+        default_factory=list, max_length=128, description="encrypted reasoning blocks' data"
+    )
     tool_calls: list[ScriptedCall] = Field(default_factory=list, max_length=128)
 
 
@@ -115,13 +120,31 @@ def _tokens(script: Script, request: ChatRequest) -> Iterator[str]:
     else:
         text = script.text
         if text is None and script.echo == "history":
-            text = " | ".join(f"{m.role}: {m.text}" for m in request.messages)
+            text = " | ".join(f"{m.role}: {_said(m)}" for m in request.messages)
         elif text is None:
             heard = request.last_user_text().strip() or "nothing"
             text = f"You said: {heard}"
         tokens = _WORDS.findall(text)
     for _ in range(script.repeat):
         yield from tokens
+
+
+def _said(message: Message) -> str:
+    """A message as the history echo repeats it: its text, its calls and its tool results,
+    so a test can see everything that reached the model."""
+    said: list[str] = []
+    for part in message.parts:
+        match part:
+            case TextPart(text=text):
+                said.append(text)
+            case ToolCall(name=name, arguments=arguments):
+                said.append(f"{name}({arguments})")
+            case ToolResult(call_id=call_id, content=content):
+                said.append(f"[{call_id}] {content}")
+            case _:
+                # Images and reasoning: nothing a scripted model reads.
+                pass
+    return " ".join(said)
 
 
 def _chunks(tokens: Iterable[str], split: bool) -> Iterator[bytes]:
@@ -144,6 +167,7 @@ def _chunks(tokens: Iterable[str], split: bool) -> Iterator[bytes]:
 def _check_size(script: Script, limit: int) -> None:
     size = len(script.text or "") + sum(len(token) for token in script.tokens or ())
     size += len(script.reasoning or "") + len(script.signature or "")
+    size += sum(len(data) for data in script.redacted)
     size += sum(len(call.json_arguments()) + len(call.name) for call in script.tool_calls)
     if size > limit or len(script.tokens or ()) > limit:
         raise errors.PayloadTooLarge(
@@ -190,6 +214,8 @@ class ScriptedProvider(Provider):
             yield ReasoningDelta(word)
         if script.signature:
             yield ReasoningSignature(script.signature)
+        for data in script.redacted:
+            yield RedactedReasoning(data)
 
         limit = asked.token_limit if asked.token_limit is not None else limits.max_tokens
         decoder = codecs.getincrementaldecoder("utf-8")()

@@ -21,6 +21,7 @@ from tokenrelay.events import (
     Queued,
     ReasoningDelta,
     ReasoningSignature,
+    RedactedReasoning,
     TextDelta,
     ToolCallDelta,
     ToolCallEnd,
@@ -41,6 +42,7 @@ _KINDS: dict[str, tuple[type[Any], Callable[[Any], Fields], Callable[[Fields], E
     "q": (Queued, lambda e: {"p": e.position}, lambda f: Queued(f["p"])),
     "r": (ReasoningDelta, lambda e: {"t": e.text}, lambda f: ReasoningDelta(f["t"])),
     "rs": (ReasoningSignature, lambda e: {"s": e.signature}, lambda f: ReasoningSignature(f["s"])),
+    "rr": (RedactedReasoning, lambda e: {"d": e.data}, lambda f: RedactedReasoning(f["d"])),
     "cs": (
         ToolCallStart,
         lambda e: {"i": e.index, "d": e.id, "n": e.name},

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import assert_never
 
-from tokenrelay.chat import Part, ReasoningPart, TextPart, ToolCall
+from tokenrelay.chat import Part, ReasoningPart, RedactedReasoningPart, TextPart, ToolCall
 from tokenrelay.events import (
     Event,
     Failed,
@@ -16,6 +16,7 @@ from tokenrelay.events import (
     Queued,
     ReasoningDelta,
     ReasoningSignature,
+    RedactedReasoning,
     TextDelta,
     ToolCallDelta,
     ToolCallEnd,
@@ -43,6 +44,7 @@ class Reply:
     text: list[str] = field(default_factory=list)
     reasoning: list[str] = field(default_factory=list)
     signature: str | None = None
+    redacted: list[str] = field(default_factory=list)
     calls: dict[int, Call] = field(default_factory=dict)
     usage: Usage | None = None
     finish: str = "stop"
@@ -55,6 +57,8 @@ class Reply:
                 self.reasoning.append(text)
             case ReasoningSignature(signature=signature):
                 self.signature = signature
+            case RedactedReasoning(data=data):
+                self.redacted.append(data)
             case ToolCallStart(index=index, id=call_id, name=name):
                 self.calls[index] = Call(call_id, name)
             case ToolCallDelta(index=index, arguments=arguments):
@@ -74,6 +78,7 @@ class Reply:
         parts: list[Part] = []
         if self.reasoning or self.signature is not None:
             parts.append(ReasoningPart("".join(self.reasoning), self.signature))
+        parts.extend(RedactedReasoningPart(data) for data in self.redacted)
         if self.text:
             parts.append(TextPart("".join(self.text)))
         if calls:

@@ -47,6 +47,8 @@ the server's default script. Unknown keys are answered with a 400 naming them. K
     a ``ping`` event after every n deltas (the API always sends one after the block starts).
 ``thinking``: list[str], ``signature``: str (default ``fake-signature``)
     a thinking block (``thinking_delta`` events, then one ``signature_delta``) before the text.
+``redacted_thinking``: list[str]
+    a ``redacted_thinking`` block per item (its ``data``, whole in its start) after the thinking.
 ``tool_calls``: list of {"id", "name", "arguments": list[str]}
     ``tool_use`` blocks after the text (none when ``tokens`` is empty), their input streamed
     as ``input_json_delta`` fragments, one per item of ``arguments``.
@@ -124,6 +126,7 @@ class Script(BaseScript):
     ping_every: int | None = Field(default=None, ge=1)
     thinking: list[str] | None = None
     signature: str = "fake-signature"
+    redacted_thinking: list[str] = Field(default_factory=list)
     tool_calls: list[FakeCall] = Field(default_factory=list)
     stop_reason: str | None = None
     usage: dict[str, int] | None = None
@@ -293,6 +296,7 @@ class _Reply:
             content.append(
                 {"type": "thinking", "thinking": thinking, "signature": script.signature}
             )
+        content += ({"type": "redacted_thinking", "data": d} for d in script.redacted_thinking)
         if self.tokens or not script.tool_calls:
             content.append({"type": "text", "text": "".join(self.tokens)})
         for call in script.tool_calls:
@@ -321,6 +325,13 @@ class _Reply:
         index = 0
         if script.thinking:
             response.write(self._thinking(index))
+            index += 1
+        for data in script.redacted_thinking:
+            block = {"type": "redacted_thinking", "data": data}
+            response.write(
+                _event("content_block_start", {"index": index, "content_block": block})
+                + _event("content_block_stop", {"index": index})
+            )
             index += 1
         text = bool(self.tokens) or not script.tool_calls
         if text:

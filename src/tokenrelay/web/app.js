@@ -239,9 +239,10 @@ async function openConversation(id) {
 
 /** A stored message's reasoning, tool calls and tool results, as a live reply has them. */
 function fromParts(parts) {
-  const out = { reasoning: "", toolCalls: [], toolResults: [] };
+  const out = { reasoning: "", redacted: false, toolCalls: [], toolResults: [] };
   for (const part of parts ?? []) {
     if (part.type === "reasoning") out.reasoning += part.text;
+    else if (part.type === "redacted_reasoning") out.redacted = true;
     else if (part.type === "tool_call") out.toolCalls.push({ ...part, done: true });
     else if (part.type === "tool_result") out.toolResults.push(part);
   }
@@ -340,7 +341,7 @@ function paint(message) {
     const streaming = message.status === "streaming";
     const calls = (message.toolCalls ?? []).filter(Boolean);
     const shown = [];
-    if (message.reasoning) shown.push(reasoningBlock(message, streaming));
+    if (message.reasoning || message.redacted) shown.push(reasoningBlock(message, streaming));
     shown.push(render(message.content));
     for (const call of calls) shown.push(toolCallBlock(call));
     message.body.replaceChildren(...shown);
@@ -369,7 +370,8 @@ function reasoningBlock(message, streaming) {
   summary.textContent = thinking ? "Thinking…" : "Thought";
   const text = document.createElement("div");
   text.className = "reasoning-text";
-  text.textContent = message.reasoning;
+  // Encrypted by the provider: there is nothing to read, only that it thought.
+  text.textContent = message.reasoning || "(the provider keeps this reasoning hidden)";
   details.append(summary, text);
   return details;
 }
@@ -575,11 +577,12 @@ function schedulePaint(live) {
 function takeReply(message, reply) {
   message.content = reply.text;
   message.reasoning = reply.reasoning;
+  message.redacted = reply.redacted.length > 0;
   message.toolCalls = reply.toolCalls.filter(Boolean).map((call) => ({ ...call }));
 }
 
 function remember(live) {
-  const { streamId, lastEventId, text, reasoning, signature, toolCalls } = live.reply;
+  const { streamId, lastEventId, text, reasoning, signature, redacted, toolCalls } = live.reply;
   if (!streamId) return;
   const calls = toolCalls.filter(Boolean);
   save(sessionStorage, STORE.live, {
@@ -588,6 +591,7 @@ function remember(live) {
     text,
     reasoning,
     signature,
+    redacted,
     toolCalls: calls,
   });
 }

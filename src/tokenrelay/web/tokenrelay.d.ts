@@ -35,10 +35,14 @@ export type StreamEvent =
   | { type: "done"; id: number; finish_reason: string }
   | ErrorEvent;
 
-/** The model thinking aloud: text deltas, then (where the provider gives one) its signature. */
+/**
+ * The model thinking aloud: text deltas, then (where the provider gives one) its signature;
+ * or reasoning the provider encrypted (Anthropic's redacted thinking), opaque data to send back.
+ */
 export type ReasoningEvent =
-  | { type: "reasoning"; id: number; text: string; signature?: undefined }
-  | { type: "reasoning"; id: number; signature: string; text?: undefined };
+  | { type: "reasoning"; id: number; text: string; signature?: undefined; redacted?: undefined }
+  | { type: "reasoning"; id: number; signature: string; text?: undefined; redacted?: undefined }
+  | { type: "reasoning"; id: number; redacted: string; text?: undefined; signature?: undefined };
 
 /**
  * A tool call, by `index` (0, 1… within the reply; several may be open at once): it starts
@@ -102,6 +106,8 @@ export interface ChatResult {
   /** The reasoning streamed before (or between) the text, and its signature if any. */
   reasoning: string;
   signature: string | null;
+  /** Encrypted reasoning blocks, in order: nothing to show, data to carry back. */
+  redacted: string[];
   /** The tool calls, in index order. */
   toolCalls: ToolCall[];
   streamId: string | null;
@@ -142,6 +148,7 @@ export interface StreamChatOptions {
     text?: string;
     reasoning?: string;
     signature?: string | null;
+    redacted?: string[];
     toolCalls?: ToolCall[];
   };
   /** Where `v1/streams/{sid}` lives; by default the part of `url` before `/v1/`. */
@@ -164,6 +171,7 @@ export declare class Reply implements AsyncIterable<ChatEvent> {
   readonly text: string;
   readonly reasoning: string;
   readonly signature: string | null;
+  readonly redacted: string[];
   /** Indexed by the call's `index`. */
   readonly toolCalls: ToolCall[];
   readonly finishReason: string | null;

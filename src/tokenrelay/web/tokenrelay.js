@@ -140,6 +140,7 @@ export class Reply {
   text = "";
   reasoning = "";
   signature = null;
+  redacted = [];
   toolCalls = [];
   finishReason = null;
   usage = null;
@@ -159,6 +160,7 @@ export class Reply {
       this.text = resume.text ?? "";
       this.reasoning = resume.reasoning ?? "";
       this.signature = resume.signature ?? null;
+      this.redacted = [...(resume.redacted ?? [])];
       for (const call of resume.toolCalls ?? []) this.toolCalls[call.index] = { ...call };
     }
     /** Resolves with the reply's result when the reply has ended (it never rejects). */
@@ -190,6 +192,7 @@ export class Reply {
       case "reasoning":
         if (event.text !== undefined) this.reasoning += event.text;
         if (event.signature !== undefined) this.signature = event.signature;
+        if (event.redacted !== undefined) this.redacted.push(event.redacted);
         break;
       case "tool_call":
         this.#toolCall(event);
@@ -275,6 +278,7 @@ export class Reply {
       text: this.text,
       reasoning: this.reasoning,
       signature: this.signature,
+      redacted: [...this.redacted],
       toolCalls: this.toolCalls.filter(Boolean).map((call) => ({ ...call })),
       streamId: this.streamId,
       model: this.model,

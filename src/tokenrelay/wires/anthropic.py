@@ -33,6 +33,7 @@ from tokenrelay.events import (
     Queued,
     ReasoningDelta,
     ReasoningSignature,
+    RedactedReasoning,
     TextDelta,
     ToolCallDelta,
     ToolCallEnd,
@@ -85,6 +86,7 @@ def usage_payload(usage: Usage | None) -> dict[str, int]:
 
 _TEXT = "text"
 _THINKING = "thinking"
+_REDACTED = "redacted_thinking"
 
 
 class MessageEncoder:
@@ -125,6 +127,10 @@ class MessageEncoder:
                     self._thinking(out)
                     out.append(self._delta({"type": "signature_delta", "signature": signature}))
                     # The signature closes its thinking: reasoning after it is a new block.
+                    self._close(out)
+                case RedactedReasoning(data=data):
+                    # Whole in its start, as Anthropic sends it: a block with no deltas.
+                    self._begin(out, _REDACTED, {"type": _REDACTED, "data": data})
                     self._close(out)
                 case ToolCallStart(index=index, id=call_id, name=name):
                     block = {"type": "tool_use", "id": call_id, "name": name, "input": {}}
@@ -224,6 +230,10 @@ def content_blocks(events: Iterable[Event]) -> list[dict[str, Any]]:
                 pieces.append([])
             blocks[-1]["signature"] = event.signature
             kind = None
+        elif isinstance(event, RedactedReasoning):
+            blocks.append({"type": _REDACTED, "data": event.data})
+            pieces.append([])
+            kind = None
         elif isinstance(event, ToolCallStart):
             blocks.append({"type": "tool_use", "id": event.id, "name": event.name})
             pieces.append([])
@@ -237,7 +247,7 @@ def content_blocks(events: Iterable[Event]) -> list[dict[str, Any]]:
         elif block["type"] == _THINKING:
             block["thinking"] = joined
             block.setdefault("signature", "")
-        else:
+        elif block["type"] == _TEXT:
             block["text"] = joined
     return blocks or [{"type": "text", "text": ""}]
 

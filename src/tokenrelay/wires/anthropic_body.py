@@ -1,10 +1,11 @@
 """The Messages API body ``POST /v1/messages`` accepts, and its one adapter to a ``ChatRequest``.
 
 Blocks become parts: ``text``, ``image`` (a base64 source as a ``data:`` URL, a url source as
-its URL), ``tool_use`` on assistant turns, ``thinking`` with its ``signature``, and
-``tool_result`` blocks, which become ``role: "tool"`` messages ahead of the rest of their user
-turn (where an OpenAI-compatible upstream wants them; the Anthropic provider merges them back).
-``cache_control`` stays on its block or tool. ``thinking`` sets the reasoning budget,
+its URL), ``tool_use`` on assistant turns, ``thinking`` with its ``signature``,
+``redacted_thinking`` (carried back whole), and ``tool_result`` blocks, which become
+``role: "tool"`` messages ahead of the rest of their user turn (where an OpenAI-compatible
+upstream wants them; the Anthropic provider merges them back). ``cache_control`` stays on its
+block or tool. ``thinking`` sets the reasoning budget,
 ``tool_choice`` maps onto the common choice (``any`` is ``required``), and fields tokenrelay
 does not model are kept for an Anthropic upstream (``top_k``, ``service_tier``…).
 """
@@ -24,6 +25,7 @@ from tokenrelay.chat import (
     Message,
     Part,
     ReasoningPart,
+    RedactedReasoningPart,
     TextPart,
     Tool,
     ToolCall,
@@ -31,10 +33,12 @@ from tokenrelay.chat import (
     ToolResult,
 )
 
-BLOCK_TYPES = frozenset({"text", "image", "tool_use", "tool_result", "thinking"})
+BLOCK_TYPES = frozenset(
+    {"text", "image", "tool_use", "tool_result", "thinking", "redacted_thinking"}
+)
 ALLOWED_BLOCKS = {
     "user": frozenset({"text", "image", "tool_result"}),
-    "assistant": frozenset({"text", "tool_use", "thinking"}),
+    "assistant": frozenset({"text", "tool_use", "thinking", "redacted_thinking"}),
 }
 CHOICE_MODES: dict[str, Literal["auto", "none", "required", "tool"]] = {
     "auto": "auto",
@@ -76,7 +80,7 @@ class Block(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    type: Literal["text", "image", "tool_use", "tool_result", "thinking"]
+    type: Literal["text", "image", "tool_use", "tool_result", "thinking", "redacted_thinking"]
     text: str | None = None
     source: ImageSource | None = None
     id: str | None = None
@@ -87,6 +91,7 @@ class Block(BaseModel):
     is_error: bool | None = None
     thinking: str | None = None
     signature: str | None = None
+    data: str | None = None  # of redacted_thinking
     cache_control: dict[str, Any] | None = None
 
     @field_validator("content", mode="before")
@@ -102,6 +107,7 @@ class Block(BaseModel):
             "tool_use": ("id", "name"),
             "tool_result": ("tool_use_id",),
             "thinking": ("thinking",),
+            "redacted_thinking": ("data",),
         }[self.type]
         for name in needs:
             if getattr(self, name) is None:
@@ -122,6 +128,9 @@ class Block(BaseModel):
                 return ToolCall(self.id or "", self.name or "", arguments, self.cache_control)
             case "thinking":
                 return ReasoningPart(self.thinking or "", self.signature or None)
+            case "redacted_thinking":
+                assert self.data is not None
+                return RedactedReasoningPart(self.data)
             case _:
                 return ToolResult(
                     self.tool_use_id or "",

@@ -24,6 +24,7 @@ from tokenrelay.events import (
     Queued,
     ReasoningDelta,
     ReasoningSignature,
+    RedactedReasoning,
     TextDelta,
     ToolCallDelta,
     ToolCallEnd,
@@ -58,6 +59,8 @@ def _named(event: Event) -> tuple[bytes, dict[str, object]]:
             return b"reasoning", {"text": text}
         case ReasoningSignature(signature=signature):
             return b"reasoning", {"signature": signature}
+        case RedactedReasoning(data=data):
+            return b"reasoning", {"redacted": data}
         case ToolCallStart(index=index, id=call_id, name=name):
             return b"tool_call", {"index": index, "id": call_id, "name": name}
         case ToolCallDelta(index=index, arguments=arguments):

@@ -23,6 +23,7 @@ from tokenrelay.events import (
     Queued,
     ReasoningDelta,
     ReasoningSignature,
+    RedactedReasoning,
     TextDelta,
     ToolCallDelta,
     ToolCallEnd,
@@ -132,8 +133,9 @@ class ChunkEncoder:
                     out.append(b"data: [DONE]\n\n")
                 case Failed(error=error):
                     out.append(b"data: " + orjson.dumps(error.to_payload()) + b"\n\n")
-                case Opened() | Queued() | ReasoningSignature():
-                    # No place for them in a chunk: OpenAI has no queue or reasoning signature.
+                case Opened() | Queued() | ReasoningSignature() | RedactedReasoning():
+                    # No place for them in a chunk: OpenAI has no queue, and reasoning has no
+                    # signature or encrypted form in chat completions.
                     pass
                 case _:
                     assert_never(event)

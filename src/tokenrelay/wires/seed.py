@@ -21,6 +21,7 @@ from tokenrelay.events import (
     Queued,
     ReasoningDelta,
     ReasoningSignature,
+    RedactedReasoning,
     TextDelta,
     ToolCallDelta,
     ToolCallEnd,
@@ -53,6 +54,7 @@ class SeedEncoder:
                     | Usage()
                     | ReasoningDelta()
                     | ReasoningSignature()
+                    | RedactedReasoning()
                     | ToolCallStart()
                     | ToolCallDelta()
                     | ToolCallEnd()

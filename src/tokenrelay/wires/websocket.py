@@ -40,6 +40,7 @@ from tokenrelay.events import (
     Queued,
     ReasoningDelta,
     ReasoningSignature,
+    RedactedReasoning,
     TextDelta,
     ToolCallDelta,
     ToolCallEnd,
@@ -88,6 +89,8 @@ def to_message(event_id: int, event: Event) -> dict[str, Any]:
             return {"type": "reasoning", "text": text, "id": event_id}
         case ReasoningSignature(signature=signature):
             return {"type": "reasoning", "signature": signature, "id": event_id}
+        case RedactedReasoning(data=data):
+            return {"type": "reasoning", "redacted": data, "id": event_id}
         case ToolCallStart(index=index, id=call_id, name=name):
             # ``id`` is the event's on this wire, so the call's own id is ``call_id``.
             return {

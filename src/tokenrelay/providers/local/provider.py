@@ -73,9 +73,10 @@ def default_threads() -> int:
 class LocalProvider(Provider):
     name = "local"
     Options = LocalOptions
-    # Text only: no tool calling, images or reasoning controls in the embedded model, so a
-    # request asking for them is refused before it waits in the queue.
-    supports = frozenset()
+    # No tool calling, images or reasoning controls in the embedded model, so a request asking
+    # for them is refused before it waits in the queue. Structured output is a grammar its
+    # sampling is held to (providers/local/grammar.py).
+    supports = frozenset({"response_format"})
     options: LocalOptions
 
     def __init__(self, model_name: str, config: ModelConfig, context: ProviderContext) -> None:
@@ -161,11 +162,25 @@ class LocalProvider(Provider):
         tokens: list[int] = answer["tokens"]
         return tokens
 
+    async def grammar(self, request: ChatRequest) -> str | None:
+        """The grammar that holds the reply to ``response_format``, if it asks for JSON."""
+        wanted = request.options.response_format
+        if wanted is None or wanted.type == "text":
+            return None
+        schema = None if wanted.schema is None else dict(wanted.schema)
+        worker = await self.warm_up()
+        answer = await worker.request("grammar", format={"type": wanted.type, "schema": schema})
+        if "error" in answer:
+            raise errors.InvalidRequest(answer["error"])
+        grammar: str = answer["grammar"]
+        return grammar
+
     def _retry_after(self) -> float:
         return max(1.0, self._mean_seconds * (len(self.slot.waiting) + 1))
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ProviderEvent]:
         prompt = await self.prompt_tokens(request)
+        grammar = await self.grammar(request)
         window = self.context_window or len(prompt)
         room = window - len(prompt)
         if room < 1:
@@ -193,6 +208,7 @@ class LocalProvider(Provider):
                 top_p=options.top_p if asked.top_p is None else asked.top_p,
                 stop=None if asked.stop is None else list(asked.stop),
                 seed=asked.seed,
+                grammar=grammar,
             )
             yield Accepted()
             started = time.monotonic()

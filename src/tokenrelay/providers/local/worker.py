@@ -35,6 +35,7 @@ from typing import IO, Any
 
 import orjson
 
+from tokenrelay.providers.local.grammar import GrammarError, grammar_of
 from tokenrelay.providers.local.text import TextAssembler
 
 # Content stands in the rendered template as these markers, so that the template's own markup
@@ -162,10 +163,12 @@ class Model:
             llama.set_seed(random.getrandbits(31))
         ident, produced, finish, stopped = request["id"], 0, "length", False
         assembler = TextAssembler(request.get("stop"))
+        grammar = request.get("grammar")
         tokens = llama.generate(
             request["prompt"],
             temp=request["temperature"],
             top_p=request["top_p"],
+            grammar=None if grammar is None else self._lib.LlamaGrammar.from_string(grammar),
             **self.sampling,
         )
         try:
@@ -223,6 +226,11 @@ def _answer(model: Model, request: dict[str, Any]) -> dict[str, Any]:
     ident = request["id"]
     if request["op"] == "count":
         return {"id": ident, "count": model.count(request["text"])}
+    if request["op"] == "grammar":
+        try:
+            return {"id": ident, "grammar": grammar_of(request["format"])}
+        except GrammarError as exc:
+            return {"id": ident, "code": "invalid_request", "error": str(exc)}
     try:
         return {"id": ident, "tokens": model.prompt_tokens(request["messages"])}
     except Exception as exc:
