@@ -16,6 +16,7 @@ from tokenrelay.events import (
     Queued,
     ReasoningDelta,
     ReasoningSignature,
+    RedactedReasoning,
     TextDelta,
     ToolCallDelta,
     ToolCallEnd,
@@ -41,6 +42,7 @@ def every_kind() -> list[Event]:
     # A lone surrogate, as a JSON escape split across chunks can leave one.
     events += [TextDelta("\ud83d"), TextDelta("\udc4d")]
     events += [ReasoningDelta("think"), ReasoningDelta("r" * 300), ReasoningSignature("sig")]
+    events += [RedactedReasoning("EqQBCkYIARgCIkD")]
     events += [ToolCallStart(0, "call_1", "lookup"), ToolCallDelta(0, '{"q":')]
     events += [ToolCallDelta(0, "")]
     events += [ToolCallDelta(0, '"' + "a" * 100 + '"}'), ToolCallEnd(0)]
