@@ -204,6 +204,19 @@ async def _run(
                             plan.cpu_min_tokens,
                             plan.cpu_max_seconds,
                         )
+                # Reasoning, text and a tool call's arguments: every kind of delta relayed.
+                results["cpu"]["rich"] = row = {}
+                for target in _besides_jwt(targets):
+                    _progress(f"CPU per delta: 100 rich streams via {target.label}")
+                    row[target.name] = await scenarios.cpu_per_token(
+                        target,
+                        100,
+                        plan.cpu_tokens,
+                        upstream,
+                        plan.cpu_min_tokens,
+                        plan.cpu_max_seconds,
+                        rich=True,
+                    )
     if "slow" in sections:
         results["slow"] = {}
         # Fresh processes, so that memory grown by the earlier sections does not hide the

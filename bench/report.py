@@ -65,6 +65,8 @@ def table(results: dict[str, Any]) -> str:
             per = {c: cpu[level].get(c, {}).get("cpu_s_per_1k_tokens") for c in columns}
             some = next(iter(cpu[level].values()))
             label = f"{level} streams x {some['tokens_per_stream']} tokens"
+            if level == "rich":
+                label = f"{some['streams']} streams, reasoning+text+tool call, per 1k deltas"
             rows.append((label, "≤ 1.5x bare", per))
         sections.append(
             ("CPU-s per 1,000 tokens (direct: the upstream's own CPU)", lambda v: f"{v:.4f}", rows)
@@ -165,8 +167,9 @@ def notes(results: dict[str, Any]) -> list[str]:
     out = [
         "direct = the same client calling the fake upstream itself; x direct = column / direct.",
         "bare loop = bench/bare.py, a relay with no features (same upstream client, orjson, raw",
-        "asyncio); x bare = column / bare loop. added = its percentile less direct's; paired",
-        "added = the percentile of (its time - direct's time in the same round).",
+        "asyncio; of a rich stream it relays the text alone); x bare = column / bare loop.",
+        "added = its percentile less direct's; paired added = the percentile of (its time -",
+        "direct's time in the same round).",
         "CPU = utime + stime of that one process, from /proc/<pid>/stat (clock ticks), over the",
         "whole run of each row, opening and closing the streams included.",
     ]

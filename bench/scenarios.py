@@ -15,7 +15,7 @@ from typing import Any
 
 from bench.client import StreamResult
 from bench.procs import Child
-from bench.workload import Target, tokens_in
+from bench.workload import Target, events_in, tokens_in
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -85,14 +85,17 @@ async def cpu_per_token(
     upstream: Child,
     min_tokens: int,
     max_seconds: float,
+    *,
+    rich: bool = False,
 ) -> dict[str, Any]:
-    """``streams`` concurrent streams of ``tokens`` tokens each, as fast as the upstream goes.
+    """``streams`` concurrent streams of ``tokens`` tokens each, as fast as the upstream goes;
+    ``rich``: with reasoning and a tool call too, CPU counted per 1,000 deltas of any kind.
 
     Each of ``streams`` workers opens a stream as soon as its last one ends, until
     ``min_tokens`` have been asked for or ``max_seconds`` have passed (each worker runs at least
     one stream): enough tokens that the clock-tick resolution of CPU time does not matter.
     """
-    body = target.body(tokens)
+    body = target.body(tokens, rich=rich)
     issued = 0
     results: list[StreamResult] = []
     loop = asyncio.get_running_loop()
@@ -116,7 +119,8 @@ async def cpu_per_token(
     cpu = target.meter.cpu_seconds() - cpu_before
     upstream_cpu = upstream.cpu_seconds() - upstream_before
     client_cpu = time.process_time() - client_before
-    relayed = sum(tokens_in(r.chars) for r in results)
+    # The load generator counts text; each stream that brought all of its text brought the rest.
+    relayed = sum(tokens_in(r.chars) for r in results) * events_in(tokens, rich) // tokens
     failed = sum(1 for r in results if not r.ok or tokens_in(r.chars) != tokens)
     return {
         "streams": streams,
@@ -161,28 +165,10 @@ async def slow_streams(
     stream is open, less its RSS just before the first one, over the number of streams.
     """
     body = target.body(tokens, delay=interval, first_delay=interval)
-    tracker = _Tracker()
     idle_rss = target.meter.rss_bytes()
     cpu_before = target.meter.cpu_seconds()
     timeout = interval * (tokens + 1) + ramp + 30
-    sampler = asyncio.create_task(_sample(target, tracker, streams, interval / 4))
-    loop = asyncio.get_running_loop()
-    begin = loop.time()
-
-    async def one(index: int) -> StreamResult:
-        await asyncio.sleep(max(0.0, begin + ramp * index / streams - loop.time()))
-        tracker.started += 1
-        try:
-            return await target.client.stream(body, timeout=timeout)
-        finally:
-            tracker.finished += 1
-
-    try:
-        results = await _gather_bounded([one(i) for i in range(streams)], timeout + 5)
-    finally:
-        sampler.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sampler
+    results, tracker = await _ramped(target, body, streams, ramp, timeout, interval / 4)
     cpu = target.meter.cpu_seconds() - cpu_before
     on_time = late = missing = 0
     streams_on_time = 0
@@ -241,6 +227,38 @@ async def slow_streams(
     }
 
 
+async def _ramped(
+    target: Target,
+    body: dict[str, Any],
+    streams: int,
+    ramp: float,
+    timeout: float,
+    every: float,
+) -> tuple[list[StreamResult], _Tracker]:
+    """``streams`` streams of ``body`` opened evenly over ``ramp`` seconds, each given
+    ``timeout``; the metered process's RSS sampled every ``every`` seconds meanwhile."""
+    tracker = _Tracker()
+    sampler = asyncio.create_task(_sample(target, tracker, streams, every))
+    loop = asyncio.get_running_loop()
+    begin = loop.time()
+
+    async def one(index: int) -> StreamResult:
+        await asyncio.sleep(max(0.0, begin + ramp * index / streams - loop.time()))
+        tracker.started += 1
+        try:
+            return await target.client.stream(body, timeout=timeout)
+        finally:
+            tracker.finished += 1
+
+    try:
+        results = await _gather_bounded([one(i) for i in range(streams)], timeout + 5)
+    finally:
+        sampler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sampler
+    return results, tracker
+
+
 async def _sample(target: Target, tracker: _Tracker, streams: int, every: float) -> None:
     while True:
         open_ = tracker.started - tracker.finished
@@ -274,26 +292,8 @@ async def long_replies(target: Target, streams: int, tokens: int, ramp: float) -
     logs while clients may still resume them. Memory per stream as in :func:`slow_streams`."""
     hold = ramp + 4.0
     body = target.body(tokens, hold=hold)
-    tracker = _Tracker()
     idle_rss = target.meter.rss_bytes()
-    sampler = asyncio.create_task(_sample(target, tracker, streams, 0.1))
-    loop = asyncio.get_running_loop()
-    begin = loop.time()
-
-    async def one(index: int) -> StreamResult:
-        await asyncio.sleep(max(0.0, begin + ramp * index / streams - loop.time()))
-        tracker.started += 1
-        try:
-            return await target.client.stream(body, timeout=hold + ramp + 30)
-        finally:
-            tracker.finished += 1
-
-    try:
-        results = await _gather_bounded([one(i) for i in range(streams)], hold + ramp + 40)
-    finally:
-        sampler.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sampler
+    results, tracker = await _ramped(target, body, streams, ramp, hold + ramp + 30, 0.1)
     full = [rss for _, rss, open_ in tracker.samples if open_ == streams]
     peak = max(full) if full else None
     return {

@@ -30,9 +30,15 @@ TOKENS = 200
 @dataclass
 class NativeTarget(Target):
     def body(
-        self, tokens: int, *, delay: float = 0.0, first_delay: float = 0.0, hold: float = 0.0
+        self,
+        tokens: int,
+        *,
+        delay: float = 0.0,
+        first_delay: float = 0.0,
+        hold: float = 0.0,
+        rich: bool = False,
     ) -> dict[str, Any]:
-        body = super().body(tokens, delay=delay, first_delay=first_delay, hold=hold)
+        body = super().body(tokens, delay=delay, first_delay=first_delay, hold=hold, rich=rich)
         del body["stream"]  # the native wire always streams
         return body
 

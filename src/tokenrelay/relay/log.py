@@ -106,6 +106,10 @@ class StreamLog:
         one write of everything pending would copy the whole output into its socket buffer.
         (The size is counted in UTF-8 bytes, which is what the write holds.)
         """
+        if offset == len(self.events) - 1 and self._last is not None:
+            # A reader keeping up takes the event just appended: the object itself, not a copy
+            # made from the buffer.
+            return [self._last]
         return self.events.between(offset, len(self.events), max_chars)
 
     def text(self) -> str:
