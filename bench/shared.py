@@ -29,16 +29,8 @@ TOKENS = 200
 
 @dataclass
 class NativeTarget(Target):
-    def body(
-        self,
-        tokens: int,
-        *,
-        delay: float = 0.0,
-        first_delay: float = 0.0,
-        hold: float = 0.0,
-        rich: bool = False,
-    ) -> dict[str, Any]:
-        body = super().body(tokens, delay=delay, first_delay=first_delay, hold=hold, rich=rich)
+    def body(self, tokens: int, **options: Any) -> dict[str, Any]:
+        body = super().body(tokens, **options)
         del body["stream"]  # the native wire always streams
         return body
 
