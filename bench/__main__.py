@@ -37,6 +37,8 @@ from bench.workload import GATEWAY_MODEL, UPSTREAM_MODEL, Target
 FAKE = "tokenrelay.testing.fake_openai"
 
 OUT_DIR = Path(".bench")
+# A chat reply's length in tokens: every relayed token stays in the stream's log for resume.
+LONG_REPLY = 500
 # Column: (label, metrics on, tracing on). The plain "tokenrelay" column runs the defaults.
 OPS_COLUMNS = {
     "ops_off": ("metrics+traces off", False, False),
@@ -126,13 +128,17 @@ def main() -> int:
         "plan": {**plan.__dict__, "slow_ramp": plan.slow_ramp, "quick": args.quick},
         "columns": [
             "direct",
+            "bare",
             "tokenrelay",
+            "jwt",
             *([] if args.no_ops else list(OPS_COLUMNS)),
             *(["naive"] if naive else []),
         ],
         "labels": {
             "direct": "direct",
+            "bare": "bare loop",
             "tokenrelay": "tokenrelay",
+            "jwt": "tokenrelay (JWT)",
             "naive": "naive proxy",
             **{name: label for name, (label, _, _) in OPS_COLUMNS.items()},
         },
@@ -188,7 +194,7 @@ async def _run(
                 results["cpu"] = {}
                 for level in plan.cpu_levels:
                     results["cpu"][str(level)] = row = {}
-                    for target in targets:
+                    for target in _besides_jwt(targets):
                         _progress(f"CPU per token: {level} streams via {target.label}")
                         row[target.name] = await scenarios.cpu_per_token(
                             target,
@@ -198,11 +204,25 @@ async def _run(
                             plan.cpu_min_tokens,
                             plan.cpu_max_seconds,
                         )
+                # Reasoning, text and a tool call's arguments: every kind of delta relayed.
+                results["cpu"]["rich"] = row = {}
+                for target in _besides_jwt(targets):
+                    _progress(f"CPU per delta: 100 rich streams via {target.label}")
+                    row[target.name] = await scenarios.cpu_per_token(
+                        target,
+                        100,
+                        plan.cpu_tokens,
+                        upstream,
+                        plan.cpu_min_tokens,
+                        plan.cpu_max_seconds,
+                        rich=True,
+                    )
     if "slow" in sections:
         results["slow"] = {}
         # Fresh processes, so that memory grown by the earlier sections does not hide the
         # memory the open streams take.
         with _processes(naive, results) as (_, targets):
+            targets = _besides_jwt(targets)
             await _warm_up(targets)
             for target in targets:
                 _progress(f"{plan.slow_streams} slow streams via {target.label}")
@@ -215,6 +235,19 @@ async def _run(
                     plan.slow_ramp,
                 )
                 await asyncio.sleep(1)
+        results["long"] = {}
+        with _processes(naive, results) as (_, targets):
+            targets = _besides_jwt(targets)
+            await _warm_up(targets)
+            for target in targets:
+                _progress(
+                    f"{plan.slow_streams} open streams of {LONG_REPLY} tokens via {target.label}"
+                )
+                results["long"][target.name] = await scenarios.long_replies(
+                    target, plan.slow_streams, LONG_REPLY, plan.slow_ramp
+                )
+                await asyncio.sleep(1)
+        results["log_bytes"] = scenarios.log_bytes_per_token(LONG_REPLY)
     if "clients" in sections:
         results["clients"] = _clients(plan is QUICK)
     if "shared" in sections:
@@ -223,6 +256,12 @@ async def _run(
         results.setdefault("gateway_auth", "on (API key)")
     if "local" in sections:
         results["local"] = await _local(plan is QUICK)
+
+
+def _besides_jwt(targets: list[Target]) -> list[Target]:
+    # The JWT column is the same gateway process as the tokenrelay one, another credential:
+    # it has a time to first token of its own, but not a CPU or a memory of its own.
+    return [target for target in targets if target.name != "jwt"]
 
 
 def _progress(what: str) -> None:
@@ -254,6 +293,10 @@ def _processes(
         key = gateway.create_key(config)
         tokenrelay = gateway.start(config, logs)
         children.append(tokenrelay)
+        port = free_port()
+        argv = python("-m", "bench.bare", "--port", str(port), "--upstream", upstream_url)
+        bare = Child("bare", argv, port, logs)
+        children.append(bare)
         observed = _ops_gateways(upstream_url, logs, children) if ops else {}
         for child in children:
             child.wait_listening()
@@ -271,10 +314,14 @@ def _processes(
             results["gateway_auth"] = "on (API key)" if key else "off"
         targets = [
             Target("direct", "direct", Client(upstream.port), UPSTREAM_MODEL, upstream),
+            Target("bare", "bare loop", Client(bare.port), UPSTREAM_MODEL, bare),
             Target(
                 "tokenrelay", "tokenrelay", Client(tokenrelay.port, key), GATEWAY_MODEL, tokenrelay
             ),
         ]
+        if results.get("gateway_auth", "").startswith("on"):
+            jwt_client = Client(tokenrelay.port, gateway.jwt_token())
+            targets.append(Target("jwt", "tokenrelay (JWT)", jwt_client, GATEWAY_MODEL, tokenrelay))
         targets += [
             Target(name, OPS_COLUMNS[name][0], Client(child.port, key), GATEWAY_MODEL, child)
             for name, child in observed.items()

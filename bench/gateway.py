@@ -24,6 +24,10 @@ QUOTAS = {
     "tokens_per_minute": 10_000_000_000,
     "tokens_per_day": 10_000_000_000_000,
 }
+# JWT bearer tokens are checked beside API keys: HS256 with this secret, issuer and audience.
+JWT_SECRET = "bench-secret-for-hs256-that-is-long-enough"
+JWT_ISSUER = "https://issuer.bench"
+JWT_AUDIENCE = "tokenrelay-bench"
 # The 10,000-stream run holds more connections than the default cap.
 SERVER = {"max_connections": 100_000}
 
@@ -43,6 +47,9 @@ def write_config(path: Path, upstream_url: str, *, auth: bool, metrics: bool | N
     ]
     if "auth" in Settings.model_fields and not auth:
         lines += ["", "[auth]", "enabled = false"]
+    elif "auth" in Settings.model_fields:
+        lines += ["", "[auth]", f'jwt_secret = "{JWT_SECRET}"']
+        lines += [f'jwt_issuer = "{JWT_ISSUER}"', f'jwt_audience = "{JWT_AUDIENCE}"']
     if "rate_limits" in Settings.model_fields:
         lines += ["", "[rate_limits]", *(f"{k} = {v}" for k, v in QUOTAS.items())]
     if "server" in Settings.model_fields:
@@ -67,6 +74,19 @@ def create_key(config: Path) -> str | None:
     done = _cli("keys", "create", "--config", str(config), "--owner", "bench")
     found = KEY.search(done.stdout.encode())
     return found.group().decode() if done.returncode == 0 and found else None
+
+
+def jwt_token(subject: str = "bench-jwt") -> str:
+    """A bearer token the gateway's JWT settings above accept, good for a day."""
+    import jwt
+
+    claims = {
+        "sub": subject,
+        "iss": JWT_ISSUER,
+        "aud": JWT_AUDIENCE,
+        "exp": int(time.time()) + 86_400,
+    }
+    return jwt.encode(claims, JWT_SECRET, algorithm="HS256")
 
 
 def key_in_log(child: Child, timeout: float = 3.0) -> str | None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from bench.client import StreamResult
 from bench.procs import Child
-from bench.workload import Target, tokens_in
+from bench.workload import Target, events_in, tokens_in
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -35,8 +35,11 @@ async def time_to_first_token(
     (rotating who goes first) so that noise on the machine falls on all of them alike."""
     samples: dict[str, list[float]] = {t.name: [] for t in targets}
     failures: dict[str, int] = {t.name: 0 for t in targets}
+    # Per round, each target against the first target (direct) measured beside it.
+    paired: dict[str, list[float]] = {t.name: [] for t in targets[1:]}
     for round_ in range(warmup + requests):
         shift = round_ % len(targets)
+        this_round: dict[str, float] = {}
         for target in targets[shift:] + targets[:shift]:
             result = await target.client.stream(target.body(tokens), timeout=10, reuse=True)
             if round_ < warmup:
@@ -44,7 +47,12 @@ async def time_to_first_token(
             if not result.ok or result.first_token is None:
                 failures[target.name] += 1
                 continue
-            samples[target.name].append((result.first_token - result.sent) * 1000)
+            this_round[target.name] = (result.first_token - result.sent) * 1000
+            samples[target.name].append(this_round[target.name])
+        base = this_round.get(targets[0].name)
+        for name, values in paired.items():
+            if base is not None and name in this_round:
+                values.append(this_round[name] - base)
     for target in targets:
         target.client.close()
     return {
@@ -54,6 +62,14 @@ async def time_to_first_token(
             "mean_ms": statistics.fmean(values) if values else None,
             "requests": len(values),
             "failed": failures[name],
+            **(
+                {
+                    "paired_added_p50_ms": percentile(paired[name], 50),
+                    "paired_added_p99_ms": percentile(paired[name], 99),
+                }
+                if paired.get(name)
+                else {}
+            ),
         }
         for name, values in samples.items()
     }
@@ -69,14 +85,17 @@ async def cpu_per_token(
     upstream: Child,
     min_tokens: int,
     max_seconds: float,
+    *,
+    rich: bool = False,
 ) -> dict[str, Any]:
-    """``streams`` concurrent streams of ``tokens`` tokens each, as fast as the upstream goes.
+    """``streams`` concurrent streams of ``tokens`` tokens each, as fast as the upstream goes;
+    ``rich``: with reasoning and a tool call too, CPU counted per 1,000 deltas of any kind.
 
     Each of ``streams`` workers opens a stream as soon as its last one ends, until
     ``min_tokens`` have been asked for or ``max_seconds`` have passed (each worker runs at least
     one stream): enough tokens that the clock-tick resolution of CPU time does not matter.
     """
-    body = target.body(tokens)
+    body = target.body(tokens, rich=rich)
     issued = 0
     results: list[StreamResult] = []
     loop = asyncio.get_running_loop()
@@ -100,7 +119,8 @@ async def cpu_per_token(
     cpu = target.meter.cpu_seconds() - cpu_before
     upstream_cpu = upstream.cpu_seconds() - upstream_before
     client_cpu = time.process_time() - client_before
-    relayed = sum(tokens_in(r.chars) for r in results)
+    # The load generator counts text; each stream that brought all of its text brought the rest.
+    relayed = sum(tokens_in(r.chars) for r in results) * events_in(tokens, rich) // tokens
     failed = sum(1 for r in results if not r.ok or tokens_in(r.chars) != tokens)
     return {
         "streams": streams,
@@ -145,28 +165,10 @@ async def slow_streams(
     stream is open, less its RSS just before the first one, over the number of streams.
     """
     body = target.body(tokens, delay=interval, first_delay=interval)
-    tracker = _Tracker()
     idle_rss = target.meter.rss_bytes()
     cpu_before = target.meter.cpu_seconds()
     timeout = interval * (tokens + 1) + ramp + 30
-    sampler = asyncio.create_task(_sample(target, tracker, streams, interval / 4))
-    loop = asyncio.get_running_loop()
-    begin = loop.time()
-
-    async def one(index: int) -> StreamResult:
-        await asyncio.sleep(max(0.0, begin + ramp * index / streams - loop.time()))
-        tracker.started += 1
-        try:
-            return await target.client.stream(body, timeout=timeout)
-        finally:
-            tracker.finished += 1
-
-    try:
-        results = await _gather_bounded([one(i) for i in range(streams)], timeout + 5)
-    finally:
-        sampler.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sampler
+    results, tracker = await _ramped(target, body, streams, ramp, timeout, interval / 4)
     cpu = target.meter.cpu_seconds() - cpu_before
     on_time = late = missing = 0
     streams_on_time = 0
@@ -225,6 +227,38 @@ async def slow_streams(
     }
 
 
+async def _ramped(
+    target: Target,
+    body: dict[str, Any],
+    streams: int,
+    ramp: float,
+    timeout: float,
+    every: float,
+) -> tuple[list[StreamResult], _Tracker]:
+    """``streams`` streams of ``body`` opened evenly over ``ramp`` seconds, each given
+    ``timeout``; the metered process's RSS sampled every ``every`` seconds meanwhile."""
+    tracker = _Tracker()
+    sampler = asyncio.create_task(_sample(target, tracker, streams, every))
+    loop = asyncio.get_running_loop()
+    begin = loop.time()
+
+    async def one(index: int) -> StreamResult:
+        await asyncio.sleep(max(0.0, begin + ramp * index / streams - loop.time()))
+        tracker.started += 1
+        try:
+            return await target.client.stream(body, timeout=timeout)
+        finally:
+            tracker.finished += 1
+
+    try:
+        results = await _gather_bounded([one(i) for i in range(streams)], timeout + 5)
+    finally:
+        sampler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sampler
+    return results, tracker
+
+
 async def _sample(target: Target, tracker: _Tracker, streams: int, every: float) -> None:
     while True:
         open_ = tracker.started - tracker.finished
@@ -247,3 +281,57 @@ async def _gather_bounded(coros: list[Any], timeout: float) -> list[Any]:
         else:
             results.append(StreamResult(sent=0.0, error="did not finish"))
     return results
+
+
+# -- 4. open streams holding long replies: what the log keeps for resume
+
+
+async def long_replies(target: Target, streams: int, tokens: int, ramp: float) -> dict[str, Any]:
+    """``streams`` streams opened over ``ramp`` seconds, each sent its ``tokens`` tokens at once
+    and then held open (the upstream waits before it ends them), as chat replies sit in their
+    logs while clients may still resume them. Memory per stream as in :func:`slow_streams`."""
+    hold = ramp + 4.0
+    body = target.body(tokens, hold=hold)
+    idle_rss = target.meter.rss_bytes()
+    results, tracker = await _ramped(target, body, streams, ramp, hold + ramp + 30, 0.1)
+    full = [rss for _, rss, open_ in tracker.samples if open_ == streams]
+    peak = max(full) if full else None
+    return {
+        "streams": streams,
+        "tokens_per_stream": tokens,
+        "failed": sum(1 for r in results if not r.ok or tokens_in(r.chars) != tokens),
+        "idle_rss_bytes": idle_rss,
+        "peak_rss_bytes": peak,
+        "bytes_per_stream": (peak - idle_rss) / streams if peak is not None else None,
+        "rss_samples_all_open": len(full),
+    }
+
+
+def log_bytes_per_token(tokens: int) -> dict[str, Any]:
+    """A stream log holding a reply of ``tokens`` bench tokens, measured from its buffers'
+    sizes (their headers and room to grow included) against the reply's text."""
+    import sys
+
+    from bench.workload import TOKEN
+    from tokenrelay.events import Finish, Opened, TextDelta
+    from tokenrelay.relay.log import StreamLog
+
+    out: dict[str, Any] = {"tokens": tokens, "token_bytes": len(TOKEN.encode())}
+    for state in ("open", "finished"):
+        log = StreamLog()
+        log.append(Opened("str_" + "x" * 22, "bench"))
+        for _ in range(tokens):
+            log.append(TextDelta(TOKEN))
+        if state == "finished":
+            log.append(Finish("stop"))
+        packed = getattr(log.events, "data", None)
+        if packed is None:  # a log that keeps one object per event
+            size = sys.getsizeof(log.events) + sum(
+                sys.getsizeof(e) + sys.getsizeof(getattr(e, "text", "")) for e in log.events
+            )
+        else:
+            buffers = (log.events.data, log.events.codes, log.events._marks)
+            size = sum(sys.getsizeof(b) for b in buffers)
+        text = tokens * len(TOKEN.encode())
+        out[state] = {"bytes_per_token": size / tokens, "x_text": size / text}
+    return out

@@ -3,8 +3,9 @@
 Resumable streams (the native wire, ``POST /v1/streams``) are the ones copied to Redis, so this
 section streams on that wire: a gateway with the in-process log against one with ``redis_url``
 (its stream log, and its limiter, on a redis-server of the bench's own), for added time to first
-token and CPU per 1,000 tokens; then tokens/s with ``tokenrelay serve --workers 2`` against one
-worker, both on Redis. A worker's CPU is not the parent's, so that row is wall-clock only.
+token and CPU per 1,000 tokens, each beside the bare relay loop (``bench/bare.py``) on the same
+upstream; then tokens/s with ``tokenrelay serve --workers 2`` against one worker, both on Redis.
+A worker's CPU is not the parent's, so that row is wall-clock only.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 from bench import gateway, scenarios
 from bench.client import Client
 from bench.procs import Child, free_port, python
-from bench.workload import GATEWAY_MODEL, Target
+from bench.workload import GATEWAY_MODEL, UPSTREAM_MODEL, Target
 
 FAKE = "tokenrelay.testing.fake_openai"
 STREAMS = 100
@@ -28,8 +29,8 @@ TOKENS = 200
 
 @dataclass
 class NativeTarget(Target):
-    def body(self, tokens: int, *, delay: float = 0.0, first_delay: float = 0.0) -> dict[str, Any]:
-        body = super().body(tokens, delay=delay, first_delay=first_delay)
+    def body(self, tokens: int, **options: Any) -> dict[str, Any]:
+        body = super().body(tokens, **options)
         del body["stream"]  # the native wire always streams
         return body
 
@@ -90,15 +91,20 @@ async def measure(out: Path, plan: Any, warm_up: Any) -> dict[str, Any]:
             child, target = _gateway(name, out, upstream_url, url, workers)
             children.append(child)
             targets.append(target)
+        port = free_port()
+        argv = python("-m", "bench.bare", "--port", str(port), "--upstream", upstream_url)
+        bare_child = Child("shared-bare", argv, port, out / "logs")
+        children.append(bare_child)
+        bare = Target("bare", "bare loop", Client(port), UPSTREAM_MODEL, bare_child)
         for child in children:
             child.wait_listening()
-        await warm_up(targets)
+        await warm_up([*targets, bare])
         memory, shared, two = targets
         ttft = await scenarios.time_to_first_token(
             [memory, shared], plan.ttft_requests, plan.ttft_warmup
         )
         results: dict[str, Any] = {"ttft": ttft, "cpu": {}, "tokens_per_s": {}}
-        for target in (memory, shared):
+        for target in (bare, memory, shared):
             results["cpu"][target.name] = await scenarios.cpu_per_token(
                 target, STREAMS, TOKENS, upstream, plan.cpu_min_tokens, plan.cpu_max_seconds
             )
@@ -118,14 +124,23 @@ def lines(results: dict[str, Any]) -> list[str]:
         return [f"stream log on Redis: skipped ({results['skipped']})"]
     ttft, cpu, rate = results["ttft"], results["cpu"], results["tokens_per_s"]
     memory, shared = ttft["in-process"], ttft["redis"]
+    per_1k = {name: row["cpu_s_per_1k_tokens"] for name, row in cpu.items()}
+    bare = per_1k.get("bare")
     out = [
         f"stream log on Redis (native wire, {STREAMS} streams x {TOKENS} tokens for CPU)",
         "                                  in-process      redis",
         f"  time to first token p50 (ms)    {memory['p50_ms']:>10.2f} {shared['p50_ms']:>10.2f}"
         f"   (+{shared['p50_ms'] - memory['p50_ms']:.2f})",
         f"  time to first token p99 (ms)    {memory['p99_ms']:>10.2f} {shared['p99_ms']:>10.2f}",
-        f"  CPU-s per 1,000 tokens          {cpu['in-process']['cpu_s_per_1k_tokens']:>10.4f}"
-        f" {cpu['redis']['cpu_s_per_1k_tokens']:>10.4f}",
+        f"  CPU-s per 1,000 tokens          {per_1k['in-process']:>10.4f} {per_1k['redis']:>10.4f}",
+        *(
+            [
+                f"    x the bare loop ({bare:.4f})   {per_1k['in-process'] / bare:>9.2f}x"
+                f" {per_1k['redis'] / bare:>9.2f}x"
+            ]
+            if bare
+            else []
+        ),
         f"  tokens/s, --workers 1 / 2       {rate['redis']['tokens_per_s']:>10,.0f}"
         f" {rate['redis-workers-2']['tokens_per_s']:>10,.0f}"
         f"   ({rate['redis-workers-2']['tokens_per_s'] / rate['redis']['tokens_per_s']:.2f}x)",

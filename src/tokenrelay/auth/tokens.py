@@ -39,6 +39,8 @@ class _Key:
 class Claims:
     subject: str
     scopes: frozenset[str]
+    expires: float
+    """``exp``: seconds since the epoch."""
 
 
 class JWTVerifier:
@@ -94,7 +96,7 @@ def _claims(claims: dict[str, Any]) -> Claims:
     raw = claims.get("scope", claims.get("scp", ""))
     granted = set(raw.split() if isinstance(raw, str) else raw if isinstance(raw, list) else [])
     scopes = {"chat"} | ({"admin"} & {str(scope) for scope in granted})
-    return Claims(subject=subject, scopes=frozenset(scopes))
+    return Claims(subject=subject, scopes=frozenset(scopes), expires=float(claims["exp"]))
 
 
 def _public_key(path: Path) -> _Key:

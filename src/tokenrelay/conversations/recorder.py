@@ -76,7 +76,7 @@ class Recorder:
                 reply.add(event)
                 if isinstance(event, DELTAS):
                     pending += 1
-            offset = len(log.events)
+            offset = len(log)
             if log.closed:
                 break
             due = last_write + self.interval
@@ -86,7 +86,7 @@ class Recorder:
                 last_write = loop.time()
                 continue
             await log.wait(offset, max(0.0, due - loop.time()) if pending else None)
-        last = log.events[-1]
+        last = log.last
         assert isinstance(last, Finish | Failed)
         outcome = outcome_of(last)
         usage = reply.usage

@@ -41,6 +41,10 @@ MAX_WRITE_CHARS = 16 * 1024
 # filters that one report out (tokenrelay.serving.server.QuietDroppedClients), as this module
 # already logged the drop.
 dropped_client: ContextVar[bool] = ContextVar("tokenrelay_dropped_client", default=False)
+# An ASGI extension of tokenrelay's server (serving.protocol): ``watch(callback)`` has the
+# server call ``callback()`` once the client is gone, and returns the function that ends the
+# watch. A response that streams for minutes then needs no task waiting on ``receive()``.
+ON_DISCONNECT = "tokenrelay.on_disconnect"
 
 
 class Encoder(Protocol):
@@ -52,20 +56,32 @@ class WatchDisconnect:
     """Cancel the current task when the client disconnects; swallow that cancellation.
 
     The request body must already have been read, so the next ASGI message is the disconnect.
+    Under tokenrelay's server the server says so itself (:data:`ON_DISCONNECT`); elsewhere a
+    task waits on ``receive()``.
     """
 
-    __slots__ = ("_listener", "_receive", "_task", "disconnected")
+    __slots__ = ("_listener", "_receive", "_task", "_unwatch", "_watch", "disconnected")
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, receive: Receive, scope: Scope) -> None:
         self._receive = receive
+        self._watch = scope.get("extensions", {}).get(ON_DISCONNECT)
         self.disconnected = False
         self._task: asyncio.Task[Any] | None = None
         self._listener: asyncio.Future[Message] | None = None
+        self._unwatch: Callable[[], None] | None = None
 
     async def __aenter__(self) -> WatchDisconnect:
         self._task = asyncio.current_task()
-        self._listen()
+        if self._watch is not None:
+            self._unwatch = self._watch(self._gone)
+        else:
+            self._listen()
         return self
+
+    def _gone(self) -> None:
+        self.disconnected = True
+        if self._task is not None:
+            self._task.cancel()
 
     def _listen(self) -> None:
         # The server's receive() itself is the task: no coroutine of ours held per response.
@@ -78,9 +94,7 @@ class WatchDisconnect:
         if listener.result()["type"] != "http.disconnect":
             self._listen()
             return
-        self.disconnected = True
-        if self._task is not None:
-            self._task.cancel()
+        self._gone()
 
     async def __aexit__(
         self,
@@ -90,6 +104,8 @@ class WatchDisconnect:
     ) -> bool:
         if self._listener is not None:
             self._listener.cancel()
+        if self._unwatch is not None:
+            self._unwatch()
         if self.disconnected and exc_type is asyncio.CancelledError and self._task is not None:
             self._task.uncancel()
             return True
@@ -145,7 +161,7 @@ class EventStreamResponse:
         log = stream.log
         stream.attach()
         try:
-            async with WatchDisconnect(receive):
+            async with WatchDisconnect(receive, scope):
                 if not await self._start(scope, send):
                     return
                 offset = self.offset
@@ -156,7 +172,7 @@ class EventStreamResponse:
                 deadline = Deadline()
                 try:
                     while True:
-                        if len(log.events) > offset:
+                        if len(log) > offset:
                             batch = log.read(offset, MAX_WRITE_CHARS)
                             data = self.encoder.encode(batch, offset + 1)
                             offset += len(batch)
@@ -164,6 +180,8 @@ class EventStreamResponse:
                                 telemetry.delivering()
                             if data and not await self._send_within(send, data, deadline):
                                 return
+                            # Not held while the response waits for more: memory per stream.
+                            del batch, data
                             continue
                         if log.closed:
                             await send(
@@ -233,10 +251,10 @@ class CollectedResponse:
         stream = self.stream
         stream.attach()
         try:
-            async with WatchDisconnect(receive):
+            async with WatchDisconnect(receive, scope):
                 while not stream.log.closed:
-                    await stream.log.wait(len(stream.log.events))
-                last = stream.log.events[-1]
+                    await stream.log.wait(len(stream.log))
+                last = stream.log.last
                 if isinstance(last, Failed):
                     await send_error_before_start(send, last.error, scope, self.render_error)
                     return

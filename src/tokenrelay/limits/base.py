@@ -136,6 +136,9 @@ def correct(state: State, quota: Quota, correction: int, day: int, now: float) -
 class Limiter(abc.ABC):
     """Counters behind admission. Backends raise :class:`LimiterDown` when unreachable."""
 
+    in_process = False
+    """True for a limiter that never waits on anything: admission needs no timeout for it."""
+
     def __init__(self, lease_ttl: float) -> None:
         self.lease_ttl = lease_ttl
 

@@ -22,6 +22,8 @@ from tokenrelay.limits.base import (
 
 
 class MemoryLimiter(Limiter):
+    in_process = True
+
     def __init__(self, lease_ttl: float) -> None:
         super().__init__(lease_ttl)
         self.states: dict[str, State] = {}

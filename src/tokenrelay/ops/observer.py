@@ -18,7 +18,7 @@ import orjson
 
 from tokenrelay import errors
 from tokenrelay.chat import ChatRequest
-from tokenrelay.events import Failed, Finish, Usage
+from tokenrelay.events import Failed, Finish
 from tokenrelay.ops import logs
 from tokenrelay.ops.metrics import Metrics
 from tokenrelay.providers.base import Provider
@@ -147,15 +147,14 @@ class Observer:
         telemetry = stream.telemetry
         if telemetry is None:
             return
-        events = stream.log.events
-        last = events[-1]
+        last = stream.log.last
         if isinstance(last, Finish):
             code = "ok"
         elif isinstance(last, Failed):
             code = last.error.code
         else:
             code = errors.UpstreamError.code
-        usage = next((e for e in reversed(events) if isinstance(e, Usage)), None)
+        usage = stream.log.usage
         tokens = (usage.prompt_tokens, usage.completion_tokens) if usage is not None else None
         if self.metrics is not None:
             duration = self.metrics.stream_ended(telemetry, stream.model, code, tokens)
@@ -178,7 +177,7 @@ class Observer:
         if tokens is not None:
             attributes["gen_ai.usage.input_tokens"] = tokens[0]
             attributes["gen_ai.usage.output_tokens"] = tokens[1]
-        last = stream.log.events[-1]
+        last = stream.log.last
         if isinstance(last, Finish):
             attributes["gen_ai.response.finish_reasons"] = [last.reason]
         if self.content:

@@ -94,8 +94,12 @@ class OpenAIProvider(Provider):
                 chunk = await read_chunk(response)
                 if not chunk:
                     raise errors.UpstreamError(reader.truncation())
-                for event in reader.feed(chunk):
+                events = reader.feed(chunk)
+                # Not held while the stream waits for the next one: memory per open stream.
+                del chunk
+                for event in events:
                     yield event
+                del events
                 if reader.failure is not None:
                     raise reader.failure
 

@@ -2,7 +2,8 @@
 
 Event ``n`` (1, 2, 3…) is ``events[n - 1]``; readers keep an offset and read everything past
 it at once, so a reader that fell behind gets all pending deltas in one batch instead of a
-queue per reader. Memory is bounded by the output, not by the number of readers.
+queue per reader. Memory is bounded by the output, not by the number of readers, and the
+output is kept packed (:mod:`~tokenrelay.relay.packed`): about its text's size in bytes.
 """
 
 from __future__ import annotations
@@ -19,16 +20,33 @@ from tokenrelay.events import (
     ReasoningDelta,
     TextDelta,
     ToolCallDelta,
+    Usage,
 )
+from tokenrelay.relay.packed import PackedEvents
 
 
 class StreamLog:
-    __slots__ = ("_waiters", "accepted", "closed", "events", "on_append")
+    __slots__ = (
+        "_last",
+        "_waiters",
+        "accepted",
+        "answered",
+        "closed",
+        "events",
+        "on_append",
+        "usage",
+    )
 
     def __init__(self) -> None:
-        self.events: list[Event] = []
+        self.events = PackedEvents()
+        """Every event so far; ``events[i]`` and slices make the events from the buffer."""
+        self._last: Event | None = None
         self.accepted = False
         self.closed = False
+        self.answered = False
+        """Whether any output (a delta of any kind) has been appended."""
+        self.usage: Usage | None = None
+        """The newest ``Usage`` event, if any."""
         self._waiters: list[asyncio.Future[bool]] = []
         # Told of every append: how a shared log (Redis) learns what to copy.
         self.on_append: Callable[[], None] | None = None
@@ -36,12 +54,28 @@ class StreamLog:
     def __len__(self) -> int:
         return len(self.events)
 
+    @property
+    def last(self) -> Event:
+        """The newest event (a log always has one, ``Opened``, once its stream exists)."""
+        if self._last is None:
+            raise IndexError("the log is empty")
+        return self._last
+
     def append(self, event: Event) -> None:
         if self.closed:
             return
         self.events.append(event)
-        if isinstance(event, TERMINAL):
-            self.closed = True
+        self._last = event
+        if type(event) is not TextDelta:
+            if isinstance(event, TERMINAL):
+                self.closed = True
+                self.events.seal()
+            elif isinstance(event, DELTAS):
+                self.answered = True
+            elif type(event) is Usage:
+                self.usage = event
+        else:
+            self.answered = True
         self._wake()
         if self.on_append is not None:
             self.on_append()
@@ -59,9 +93,9 @@ class StreamLog:
     @property
     def error_before_start(self) -> Failed | None:
         """The failure to answer as an HTTP status: one that came before the upstream took it."""
-        if self.closed and not self.accepted:
-            last = self.events[-1]
-            if isinstance(last, Failed) and not any(isinstance(e, DELTAS) for e in self.events):
+        if self.closed and not self.accepted and not self.answered:
+            last = self._last
+            if isinstance(last, Failed):
                 return last
         return None
 
@@ -70,19 +104,16 @@ class StreamLog:
 
         A reader far behind takes its backlog in slices, so each of its writes stays small:
         one write of everything pending would copy the whole output into its socket buffer.
+        (The size is counted in UTF-8 bytes, which is what the write holds.)
         """
-        end, size = offset, 0
-        while end < len(self.events) and size < max_chars:
-            event = self.events[end]
-            if type(event) is TextDelta or type(event) is ReasoningDelta:
-                size += len(event.text)
-            elif type(event) is ToolCallDelta:
-                size += len(event.arguments)
-            end += 1
-        return self.events[offset:end]
+        if offset == len(self.events) - 1 and self._last is not None:
+            # A reader keeping up takes the event just appended: the object itself, not a copy
+            # made from the buffer.
+            return [self._last]
+        return self.events.between(offset, len(self.events), max_chars)
 
     def text(self) -> str:
-        return "".join(e.text for e in self.events if isinstance(e, TextDelta))
+        return self.events.text()
 
     async def wait(self, offset: int, timeout: float | None = None) -> bool:
         """Wait until there is an event past ``offset``, the log changes, or it is closed.

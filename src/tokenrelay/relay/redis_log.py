@@ -406,12 +406,12 @@ class RemoteStream(Stream):
             last = int(entry_id.split(b"-")[1])
             events = codec.decode(fields[b"e"])
             first = last - len(events) + 1
-            if first > len(log.events) + 1:
+            if first > len(log) + 1:
                 log.append(
                     Failed(errors.UpstreamError("the start of this stream is no longer kept"))
                 )
                 return
-            for event in events[len(log.events) + 1 - first :]:
+            for event in events[len(log) + 1 - first :]:
                 log.append(event)
 
     def follow(self) -> None:
@@ -435,9 +435,7 @@ class RemoteStream(Stream):
             try:
                 reply = cast(
                     list[tuple[bytes, Entries]],
-                    await shared.reader.xread(
-                        {key: f"0-{len(log.events)}"}, count=1000, block=block_ms
-                    ),
+                    await shared.reader.xread({key: f"0-{len(log)}"}, count=1000, block=block_ms),
                 )
                 if not reply and not await shared.lease_alive(self.instance):
                     log.append(
@@ -470,7 +468,7 @@ class RemoteStream(Stream):
 
     @property
     def status(self) -> str:
-        return super().status if self.log.events else "streaming"
+        return super().status if len(self.log) else "streaming"
 
     def attach(self) -> None:
         self.viewers += 1

@@ -128,7 +128,12 @@ class Relay:
     ) -> Stream:
         """Admit, then :meth:`start`: how a client's request starts a stream."""
         admitted = await self.admit(request, owner)
-        return self.start(request, owner=owner, linger=linger, admitted=admitted)
+        stream = self.start(request, owner=owner, linger=linger, admitted=admitted)
+        # One loop turn for the generation's task, scheduled just now: it sends the upstream
+        # request before the caller sets its response up, and that setup then overlaps the
+        # upstream's own latency instead of delaying the first token.
+        await asyncio.sleep(0)
+        return stream
 
     def start(
         self,
@@ -253,8 +258,7 @@ class Relay:
                         exc.code,
                     )
                     # Never switch or repeat once the client has seen output from this stream.
-                    sent = any(isinstance(e, DELTAS) for e in log.events)
-                    if sent or not retry.worth_retrying(exc):
+                    if log.answered or not retry.worth_retrying(exc):
                         raise
                     if plan is None:
                         plan = retry.attempts(primary, self.providers)

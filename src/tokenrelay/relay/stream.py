@@ -59,7 +59,7 @@ class Stream:
     @property
     def status(self) -> str:
         """``streaming``, ``complete``, ``cancelled`` or ``error`` (the stored message's words)."""
-        last = self.log.events[-1]
+        last = self.log.last
         if isinstance(last, Finish):
             return "complete"
         if isinstance(last, Failed):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import signal
 import socket
@@ -46,6 +47,15 @@ class GatewayServer(uvicorn.Server):
         server_log = logging.getLogger("uvicorn.error")
         if not any(isinstance(f, QuietDroppedClients) for f in server_log.filters):
             server_log.addFilter(QuietDroppedClients())
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        # What starting made (modules, the app, its services: some 100,000 objects) lives as
+        # long as the process. Left to the collector, every full collection walks all of it, a
+        # pause of tens of milliseconds that lands on whichever request is in flight; frozen,
+        # collections see only what requests make.
+        gc.collect()
+        gc.freeze()
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         if sockets is None:

@@ -26,6 +26,8 @@ Unknown keys are answered with a 400 naming them. Keys:
 ``delay`` / ``first_delay`` / ``headers_delay`` / ``end_delay``: float seconds
     between deltas (or raw chunks) / before the first one / before the response head /
     between the last event (``[DONE]``) and the end of the body.
+``finish_delay``: float seconds
+    between the last delta and the finish event: a reply held open once all its text is sent.
 ``status``: int, ``error_body``: JSON or str, ``headers``: dict[str, str]
     answer with this status and body instead (default body: OpenAI-shaped for the status);
     ``headers`` are added to any response (``{"Retry-After": "3"}``).
@@ -110,6 +112,7 @@ class Script(BaseScript):
     reasoning: list[str] = Field(default_factory=list)
     reasoning_field: Literal["reasoning_content", "reasoning"] = "reasoning_content"
     tool_calls: list[FakeCall] = Field(default_factory=list)
+    finish_delay: float = Field(default=0.0, ge=0)
 
 
 class FakeCall(BaseModel):
@@ -329,6 +332,8 @@ class _Stream:
         deltas = (comment + self.prefix + piece + self.suffix for piece in pieces)
         if not await self._send(deltas, len(pieces)):
             return
+        if script.finish_delay:
+            await asyncio.sleep(script.finish_delay)
         last = self.prefix + b"{}" + self.suffix.replace(b"null", _dumps(finish_reason), 1)
         tail = [comment + last]
         if script.usage:

@@ -17,6 +17,7 @@ tokens and ``message_delta`` carries the real counts (the SDKs take both from th
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, assert_never
 
 import orjson
@@ -209,7 +210,7 @@ class MessageEncoder:
         )
 
 
-def content_blocks(events: list[Event]) -> list[dict[str, Any]]:
+def content_blocks(events: Iterable[Event]) -> list[dict[str, Any]]:
     """The reply's blocks in the order they streamed, as ``stream: false`` answers them."""
     blocks: list[dict[str, Any]] = []
     pieces: list[list[str]] = []  # each block's text, thinking or arguments, joined at the end

@@ -210,7 +210,7 @@ class ChatSocket:
         stream.attach()
         try:
             while True:
-                if len(log.events) > offset:
+                if len(log) > offset:
                     batch = log.read(offset, MAX_WRITE_CHARS)
                     for event_id, event in coalesce(batch, offset + 1):
                         await self.send(to_message(event_id, event))
