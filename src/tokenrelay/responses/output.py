@@ -15,7 +15,7 @@ interleaved calls go to their own items.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, assert_never
 
@@ -372,7 +372,7 @@ def _part(kind: str, text: str) -> dict[str, Any]:
     return {"type": "reasoning_text", "text": text}
 
 
-def build(head: ResponseHead, events: list[Event]) -> ResponseBuilder:
+def build(head: ResponseHead, events: Iterable[Event]) -> ResponseBuilder:
     """A builder fed all of ``events``: its :meth:`~ResponseBuilder.snapshot` is the object."""
     builder = ResponseBuilder(head)
     for event in events:

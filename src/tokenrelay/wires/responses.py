@@ -11,6 +11,7 @@ one goes on, and can be polled, streamed again and cancelled from any instance.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -66,7 +67,7 @@ class ResponsesEncoder:
         return b"".join(out)
 
 
-def event_count(head: ResponseHead, events: list[Event]) -> int:
+def event_count(head: ResponseHead, events: Iterable[Event]) -> int:
     builder = ResponseBuilder(head)
     return sum(len(builder.feed(event)) for event in events)
 
