@@ -74,7 +74,10 @@ class Responses:
     ) -> Stream:
         """Admit and start the response's stream, then write a stored one's row."""
         linger = self.settings.timeouts.total if head.background else 0.0
-        stream = await self.relay.open(request, owner=owner, linger=linger)
+        admitted = await self.relay.admit(request, owner)
+        # start, not open: open gives the generation a loop turn at once, and a short one
+        # could end in it, before the entry its finish hook looks for exists.
+        stream = self.relay.start(request, owner=owner, linger=linger, admitted=admitted)
         if not head.store:
             return stream
         live = self._live[stream.id] = _Live(head)
