@@ -12,7 +12,7 @@ does not model are kept for an Anthropic upstream (``top_k``, ``service_tier``â€
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -33,9 +33,17 @@ from tokenrelay.chat import (
     ToolResult,
 )
 
-BLOCK_TYPES = frozenset(
-    {"text", "image", "tool_use", "tool_result", "thinking", "redacted_thinking"}
-)
+BlockType = Literal["text", "image", "tool_use", "tool_result", "thinking", "redacted_thinking"]
+BLOCK_TYPES = frozenset(get_args(BlockType))
+# The fields a block of each type cannot do without.
+NEEDS: dict[BlockType, tuple[str, ...]] = {
+    "text": ("text",),
+    "image": ("source",),
+    "tool_use": ("id", "name"),
+    "tool_result": ("tool_use_id",),
+    "thinking": ("thinking",),
+    "redacted_thinking": ("data",),
+}
 ALLOWED_BLOCKS = {
     "user": frozenset({"text", "image", "tool_result"}),
     "assistant": frozenset({"text", "tool_use", "thinking", "redacted_thinking"}),
@@ -80,7 +88,7 @@ class Block(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    type: Literal["text", "image", "tool_use", "tool_result", "thinking", "redacted_thinking"]
+    type: BlockType
     text: str | None = None
     source: ImageSource | None = None
     id: str | None = None
@@ -101,15 +109,7 @@ class Block(BaseModel):
 
     @model_validator(mode="after")
     def _has_its_fields(self) -> Block:
-        needs = {
-            "text": ("text",),
-            "image": ("source",),
-            "tool_use": ("id", "name"),
-            "tool_result": ("tool_use_id",),
-            "thinking": ("thinking",),
-            "redacted_thinking": ("data",),
-        }[self.type]
-        for name in needs:
+        for name in NEEDS[self.type]:
             if getattr(self, name) is None:
                 raise ValueError(f"a {self.type} block needs {name}")
         if self.source is not None:
