@@ -3,7 +3,9 @@
 Three processes on this machine: the fake upstream, the gateway (``tokenrelay serve`` with a
 generated config whose model points at the fake), and this one, the load generator. An
 optional fourth, the naive FastAPI proxy, is measured as another column when FastAPI is
-installed. CPU and memory are read from /proc for the gateway process only.
+installed. CPU and memory are read from /proc for the gateway process only. The servers run
+on one half of the cores and the load on the other (``bench/procs.py`` says why, and why time to
+first token is the exception).
 
     python -m bench            # the full run, about 5 minutes
     python -m bench --quick    # about a minute, for development
@@ -31,7 +33,7 @@ from typing import Any
 
 from bench import gateway, report, scenarios, shared
 from bench.client import Client
-from bench.procs import Child, free_port, python, raise_fd_limit
+from bench.procs import Child, free_port, layout, pin_self, python, raise_fd_limit, unpinned
 from bench.workload import GATEWAY_MODEL, UPSTREAM_MODEL, Target
 
 FAKE = "tokenrelay.testing.fake_openai"
@@ -53,7 +55,7 @@ class Plan:
     cpu_levels: tuple[int, ...] = (10, 100, 500)
     # 200 tokens keep one round of 500 streams through the naive proxy under a minute.
     cpu_tokens: int = 200
-    cpu_min_tokens: int = 90_000
+    cpu_min_tokens: int = 200_000
     cpu_max_seconds: float = 8.0
     slow_streams: int = 1000
     slow_tokens: int = 15
@@ -111,11 +113,13 @@ def main() -> int:
     # A gateway holds two sockets per stream (client and upstream), plus its own files.
     needed = max(4096, plan.slow_streams * 2 + 1024, max(plan.cpu_levels) * 2 + 1024)
     fds = raise_fd_limit(needed)
+    pin_self("load")
     machine = _machine()
     print(
         f"tokenrelay bench — {machine['date']} — {machine['cores']} cores ({machine['cpu']}), "
         f"Python {machine['python']}, fd limit {fds}"
     )
+    print(f"({machine['pinning']})")
     if fds < needed:
         print(
             f"WARNING: {needed} file descriptors wanted, the hard limit allows {fds}: "
@@ -187,9 +191,10 @@ async def _run(
             await _warm_up(targets)
             if "ttft" in sections:
                 _progress("time to first token")
-                results["ttft"] = await scenarios.time_to_first_token(
-                    targets, plan.ttft_requests, plan.ttft_warmup
-                )
+                with unpinned():
+                    results["ttft"] = await scenarios.time_to_first_token(
+                        targets, plan.ttft_requests, plan.ttft_warmup
+                    )
             if "cpu" in sections:
                 results["cpu"] = {}
                 for level in plan.cpu_levels:
@@ -286,7 +291,7 @@ def _processes(
         if naive:
             port = free_port()
             argv = python("-m", "bench.naive_proxy", "--port", str(port))
-            proxy = Child("naive", [*argv, "--upstream", upstream_url], port, logs)
+            proxy = Child("naive", [*argv, "--upstream", upstream_url], port, logs, role="server")
             children.append(proxy)
         config = gateway.write_config(OUT_DIR / "gateway.toml", upstream_url, auth=True)
         gateway.prepare_database(config)
@@ -295,7 +300,7 @@ def _processes(
         children.append(tokenrelay)
         port = free_port()
         argv = python("-m", "bench.bare", "--port", str(port), "--upstream", upstream_url)
-        bare = Child("bare", argv, port, logs)
+        bare = Child("bare", argv, port, logs, role="server")
         children.append(bare)
         observed = _ops_gateways(upstream_url, logs, children) if ops else {}
         for child in children:
@@ -407,6 +412,8 @@ async def _local(quick: bool) -> dict[str, Any]:
         return {"skipped": "llama_cpp is not installed (make setup-local)"}
     from bench import local
 
+    # The model's decode uses every core it is given, and its direct run is in this process.
+    pin_self("any")
     measure = local.measure
     kwargs = {"quick": quick} if "quick" in inspect.signature(measure).parameters else {}
     _progress("local model")
@@ -430,6 +437,7 @@ def _machine() -> dict[str, Any]:
         "cpu": cpu,
         "python": platform.python_version(),
         "load_before": [round(x, 2) for x in os.getloadavg()],
+        "pinning": layout(),
         "platform": platform.platform(),
     }
 

@@ -105,7 +105,7 @@ def start(
 ) -> Child:
     port = free_port()
     argv = tokenrelay("serve", "--port", str(port), "--config", str(config))
-    return Child(name, argv, port, logs, env)
+    return Child(name, argv, port, logs, env, role="server")
 
 
 def tokenrelay(*args: str) -> list[str]:

@@ -188,6 +188,7 @@ async def _compare(
         python("-m", "tokenrelay.cli", "serve", "--port", str(port), "--config", str(config)),
         port,
         log_dir,
+        role="any",
     )
     direct: Direct | None = None
     bare: list[Run] = []

@@ -19,7 +19,7 @@ from typing import Any
 
 from bench import gateway, scenarios
 from bench.client import Client
-from bench.procs import Child, free_port, python
+from bench.procs import Child, free_port, python, unpinned
 from bench.workload import GATEWAY_MODEL, UPSTREAM_MODEL, Target
 
 FAKE = "tokenrelay.testing.fake_openai"
@@ -47,7 +47,7 @@ def _gateway(
     key = gateway.create_key(config)
     port = free_port()
     argv = gateway.tokenrelay("serve", "--port", str(port), "--config", str(config))
-    child = Child(name, [*argv, "--workers", str(workers)], port, out / "logs")
+    child = Child(name, [*argv, "--workers", str(workers)], port, out / "logs", role="server")
     client = Client(port, key, path="/v1/streams")
     return child, NativeTarget(name, name, client, GATEWAY_MODEL, child)
 
@@ -93,16 +93,17 @@ async def measure(out: Path, plan: Any, warm_up: Any) -> dict[str, Any]:
             targets.append(target)
         port = free_port()
         argv = python("-m", "bench.bare", "--port", str(port), "--upstream", upstream_url)
-        bare_child = Child("shared-bare", argv, port, out / "logs")
+        bare_child = Child("shared-bare", argv, port, out / "logs", role="server")
         children.append(bare_child)
         bare = Target("bare", "bare loop", Client(port), UPSTREAM_MODEL, bare_child)
         for child in children:
             child.wait_listening()
         await warm_up([*targets, bare])
         memory, shared, two = targets
-        ttft = await scenarios.time_to_first_token(
-            [memory, shared], plan.ttft_requests, plan.ttft_warmup
-        )
+        with unpinned():
+            ttft = await scenarios.time_to_first_token(
+                [memory, shared], plan.ttft_requests, plan.ttft_warmup
+            )
         results: dict[str, Any] = {"ttft": ttft, "cpu": {}, "tokens_per_s": {}}
         for target in (bare, memory, shared):
             results["cpu"][target.name] = await scenarios.cpu_per_token(
