@@ -11,6 +11,7 @@ import contextlib
 import logging
 
 from tokenrelay.store.accounts import Accounts, StreamUsage
+from tokenrelay.store.bulk import Row
 
 logger = logging.getLogger("tokenrelay.limits")
 
@@ -22,7 +23,9 @@ class Ledger:
         self.accounts = accounts
         self.interval = interval
         self.batch = batch
-        self._pending: list[StreamUsage] = []
+        # Rows ready for the database: each is converted as its stream ends, so that a flush
+        # does no work per row on the event loop (tokenrelay.store.bulk).
+        self._pending: list[Row] = []
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -32,7 +35,7 @@ class Ledger:
             # The database has been failing for a while; memory must stay bounded.
             logger.error("usage ledger full: dropping the oldest unwritten row")
             del self._pending[0]
-        self._pending.append(row)
+        self._pending.append(self.accounts.usage_row(row))
         if len(self._pending) >= self.batch:
             self._wake.set()
 

@@ -7,8 +7,9 @@ or as estimated when it reported none), summed per user for the admin usage endp
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, cast
 
@@ -30,6 +31,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import Mapped, mapped_column
 
+from tokenrelay.store.bulk import BulkInsert, Row
 from tokenrelay.store.models import Base, UTCDateTime, utcnow
 from tokenrelay.store.repository import Store
 
@@ -120,6 +122,11 @@ class StreamUsage:
     created_at: datetime
 
 
+_USAGE_COLUMNS = [field.name for field in fields(StreamUsage)]
+# A row's values as one tuple, in _USAGE_COLUMNS' order (attrgetter builds it in C).
+_usage_values = operator.attrgetter(*_USAGE_COLUMNS)
+
+
 @dataclass(frozen=True, slots=True)
 class UserUsage:
     user: str | None
@@ -154,6 +161,7 @@ class Accounts:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._insert_usage = BulkInsert(usage_records, _USAGE_COLUMNS, store.engine.dialect)
 
     async def ensure_user(self, user_id: str) -> None:
         """Create the user unless it exists (users appear on first use)."""
@@ -240,12 +248,16 @@ class Accounts:
         async with self.store.engine.connect() as connection:
             return (await connection.scalar(query)) is not None
 
-    async def record_usage(self, rows: Sequence[StreamUsage]) -> None:
+    def usage_row(self, usage: StreamUsage) -> Row:
+        """``usage`` converted for :meth:`record_usage` now, not while a batch is written."""
+        return self._insert_usage.row(_usage_values(usage))
+
+    async def record_usage(self, rows: list[Row]) -> None:
+        """Write rows made by :meth:`usage_row`, in one statement."""
         if not rows:
             return
-        values = [{name: getattr(row, name) for name in row.__dataclass_fields__} for row in rows]
         async with self.store._write() as connection:
-            await connection.execute(insert(usage_records), values)
+            await self._insert_usage.run(connection, rows)
 
     async def usage(
         self, *, since: datetime | None = None, until: datetime | None = None, user: str | None
