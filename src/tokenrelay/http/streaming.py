@@ -178,7 +178,13 @@ class EventStreamResponse:
                             offset += len(batch)
                             if telemetry is not None and telemetry.delivered is None:
                                 telemetry.delivering()
-                            if data and not await self._send_within(send, data, deadline):
+                            # The last events and the end of the body in one write.
+                            last = log.closed and offset == len(log)
+                            if (data or last) and not await self._send_within(
+                                send, data, deadline, more=not last
+                            ):
+                                return
+                            if last:
                                 return
                             # Not held while the response waits for more: memory per stream.
                             del batch, data
@@ -214,12 +220,15 @@ class EventStreamResponse:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         return True
 
-    async def _send_within(self, send: Send, data: bytes, deadline: Deadline) -> bool:
-        """Send ``data``; False when the client has stopped reading for the send timeout."""
+    async def _send_within(
+        self, send: Send, data: bytes, deadline: Deadline, *, more: bool = True
+    ) -> bool:
+        """Send ``data`` (and with ``more`` false, the body's end); False when the client has
+        stopped reading for the send timeout."""
         loop = asyncio.get_running_loop()
         deadline.move(loop.time() + self.settings.send_timeout)
         try:
-            await send({"type": "http.response.body", "body": data, "more_body": True})
+            await send({"type": "http.response.body", "body": data, "more_body": more})
         except asyncio.CancelledError:
             if deadline.expired():
                 logger.warning(
