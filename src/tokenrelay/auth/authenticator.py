@@ -9,6 +9,7 @@ to them: it is logged and answered 503.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ logger = logging.getLogger("tokenrelay.auth")
 MAX_TOKEN_CHARS = 8_192
 # Verified JWTs remembered at once; past this the oldest is forgotten (and verified again).
 MAX_CACHED_TOKENS = 4_096
+# A cached key used in the last half of its key_cache_ttl is read again in the background.
+REFRESH_AHEAD = 0.5
 
 
 @dataclass(slots=True)
@@ -63,6 +66,8 @@ class Authenticator:
         # millisecond each, on the way to the first token).
         self._tokens: dict[str, _Verified] = {}
         self._known_users: set[str] = set()
+        self._refreshing: set[str] = set()
+        self._refreshes: set[asyncio.Task[None]] = set()
 
     async def authenticate(self, token: str | None) -> Principal:
         if not token or len(token) > MAX_TOKEN_CHARS:
@@ -91,13 +96,50 @@ class Authenticator:
                 raise unavailable() from None
             if found is None or not keys.matches(token, found.key_hash):
                 raise refused()
-            cached = _Cached(found, _principal(found), now + self.settings.key_cache_ttl)
-            if self.settings.key_cache_ttl > 0:
-                self._keys[digest] = cached
+            cached = self._remember(digest, found, now)
+        elif cached.until - now < self.settings.key_cache_ttl * REFRESH_AHEAD:
+            self._refresh_soon(digest, token)
         # Checked on every use, cached or not: a key expires on time.
         if not cached.record.usable(utcnow()):
             raise refused()
         return cached.principal
+
+    def _remember(self, digest: str, record: KeyRecord, read_at: float) -> _Cached:
+        """Trust ``record``, as read from the database at ``read_at``, for key_cache_ttl."""
+        cached = _Cached(record, _principal(record), read_at + self.settings.key_cache_ttl)
+        if self.settings.key_cache_ttl > 0:
+            self._keys[digest] = cached
+        return cached
+
+    def _refresh_soon(self, digest: str, token: str) -> None:
+        """Read a key in use again before its cached entry runs out, off the request's path.
+
+        A key in steady use then never waits on the database, and what is trusted was still
+        read at most key_cache_ttl ago: a revocation elsewhere takes effect as quickly as
+        before.
+        """
+        if digest in self._refreshing:
+            return
+        self._refreshing.add(digest)
+        task = asyncio.get_running_loop().create_task(self._refresh(digest, token))
+        self._refreshes.add(task)
+        task.add_done_callback(self._refreshes.discard)
+
+    async def _refresh(self, digest: str, token: str) -> None:
+        try:
+            read_at = time.monotonic()
+            found = await self.accounts.key_by_hash(digest)
+        except Exception:
+            # The entry runs out as it would have; the next use then says the database failed.
+            logger.exception("looking up an API key again failed")
+            return
+        finally:
+            self._refreshing.discard(digest)
+        if found is None or not keys.matches(token, found.key_hash):
+            self._keys.pop(digest, None)
+        elif digest in self._keys:
+            # Not brought back if forget_keys() ran meanwhile: a revocation here wins.
+            self._remember(digest, found, read_at)
 
     async def _by_jwt(self, token: str) -> Principal:
         assert self.jwt is not None
