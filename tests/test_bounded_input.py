@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -276,3 +278,31 @@ async def test_a_union_field_is_named_as_the_client_wrote_it(
     request = {"messages": [message]}
     async with http.post(gateway.url + "/v1/chat/completions", json=request) as response:
         assert await error_of(response, 400) == expected
+
+
+@pytest.mark.parametrize("path", WIRES)
+async def test_a_client_that_leaves_mid_body_starts_nothing_and_is_no_error(
+    gateway: Gateway, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    host, port = gateway.url.removeprefix("http://").split(":")
+    started = gateway.relay.started_total
+    _, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        "Content-Length: 1000\r\n\r\n".encode()
+        + b'{"messages": [{"role": "user", "content": "hi"'
+    )
+    await writer.drain()
+    await asyncio.sleep(0.1)
+    writer.close()
+    await writer.wait_closed()
+    await asyncio.sleep(0.2)
+
+    # Nothing was started for it, nothing went wrong on the server's side, and it goes on.
+    assert gateway.relay.started_total == started
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    async with aiohttp.ClientSession() as http:
+        request = {"model": "demo", "messages": [user()], "stream": True}
+        async with http.post(gateway.url + path, json=request) as response:
+            assert response.status == 200
+            await response.read()
