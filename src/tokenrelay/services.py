@@ -70,6 +70,7 @@ async def running(settings: Settings, tracer: Tracer | None = None) -> AsyncIter
         conversations = Conversations(store, relay, settings)
         responses = Responses(StoredResponses(store), relay, settings)
         ops = Operations(settings, relay, store, gate, tracer)
+        authenticator = Authenticator(settings.auth, accounts)
         services = Services(
             settings=settings,
             store=store,
@@ -79,7 +80,7 @@ async def running(settings: Settings, tracer: Tracer | None = None) -> AsyncIter
             conversations=conversations,
             responses=responses,
             accounts=accounts,
-            authenticator=Authenticator(settings.auth, accounts),
+            authenticator=authenticator,
             gate=gate,
             ops=ops,
         )
@@ -98,6 +99,7 @@ async def running(settings: Settings, tracer: Tracer | None = None) -> AsyncIter
             if relay.shared is not None:
                 await relay.shared.aclose()
             await gate.aclose()
+            await authenticator.aclose()
             for provider in providers.values():
                 await provider.aclose()
     finally:

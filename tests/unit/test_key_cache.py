@@ -120,3 +120,17 @@ async def test_forgetting_keys_during_a_background_read_is_not_undone_by_it() ->
     lookups = table.lookups
     await checker.authenticate(secret)
     assert table.lookups == lookups + 1
+
+
+async def test_closing_waits_for_a_background_read() -> None:
+    checker, table, secret = setup()
+    await checker.authenticate(secret)
+    await asyncio.sleep(TTL * 0.6)
+    table.gate.clear()
+    await checker.authenticate(secret)
+    await settle()
+    asyncio.get_running_loop().call_later(0.05, table.gate.set)
+    await checker.aclose()
+    # The read ended (and renewed the entry) before aclose returned: the store may close now.
+    assert table.gate.is_set()
+    assert table.lookups == 2

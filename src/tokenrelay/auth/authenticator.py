@@ -78,6 +78,11 @@ class Authenticator:
             return await self._by_jwt(token)
         raise refused()
 
+    async def aclose(self) -> None:
+        """Let the keys being read again in the background finish before the store closes."""
+        if self._refreshes:
+            await asyncio.wait(list(self._refreshes), timeout=5)
+
     def forget_keys(self) -> None:
         """Drop every cached key (after a revocation, so it takes effect at once here)."""
         self._keys.clear()
