@@ -3,6 +3,7 @@ value as written, read back through the same models the admin usage endpoint rea
 
 from __future__ import annotations
 
+import secrets
 from datetime import UTC, datetime, timedelta, timezone
 
 from sqlalchemy import select
@@ -19,30 +20,37 @@ async def test_a_batch_of_usage_rows_is_stored_as_written(database_url: str) -> 
         # Timestamps in two zones and with no microseconds: stored as the same UTC instants.
         first = datetime(2026, 12, 1, 23, 59, 59, tzinfo=UTC)
         later = datetime(2026, 12, 2, 9, 30, 0, 123456, tzinfo=timezone(timedelta(hours=9)))
+        # The session's PostgreSQL database keeps other tests' rows: names of this test's own.
+        run = secrets.token_hex(4)
+        ann, bob, a_id, b_id = f"ann-{run}", f"bob-{run}", f"str_a{run}", f"str_b{run}"
         ledger = Ledger(accounts)
-        ledger.add(StreamUsage("ann", "key_1", "m1", "str_a", "complete", 12, 30, False, first))
-        ledger.add(StreamUsage(None, None, "m2", "str_b", "error", 0, 7, True, later))
+        ledger.add(StreamUsage(ann, "key_1", "m1", a_id, "complete", 12, 30, False, first))
+        ledger.add(StreamUsage(None, None, "m2", b_id, "error", 0, 7, True, later))
         for i in range(600):  # more than one batch of 500
-            ledger.add(StreamUsage("bob", None, "m1", f"str_{i}", "complete", 1, 2, False, first))
+            ledger.add(
+                StreamUsage(bob, None, "m1", f"str_{run}{i}", "complete", 1, 2, False, later)
+            )
         await ledger.flush()
 
         async with store.engine.connect() as connection:
             table = usage_records.c
-            query = select(usage_records).where(table.stream_id.in_(["str_a", "str_b"]))
+            query = select(usage_records).where(table.stream_id.in_([a_id, b_id]))
             rows = {row.stream_id: row for row in (await connection.execute(query)).all()}
-        a, b = rows["str_a"], rows["str_b"]
-        assert (a.owner, a.key_id, a.model, a.status) == ("ann", "key_1", "m1", "complete")
+        a, b = rows[a_id], rows[b_id]
+        assert (a.owner, a.key_id, a.model, a.status) == (ann, "key_1", "m1", "complete")
         assert (a.prompt_tokens, a.completion_tokens, a.estimated) == (12, 30, False)
         assert a.created_at == first
         assert (b.owner, b.key_id, b.status, b.estimated) == (None, None, "error", True)
         assert b.created_at == later
         assert b.created_at.tzinfo is not None
 
-        totals = {row.user: row for row in await accounts.usage(user=None)}
-        assert totals["bob"].requests == 600
-        assert (totals["bob"].prompt_tokens, totals["bob"].completion_tokens) == (600, 1200)
-        assert totals[None].estimated_requests == 1
-        since = await accounts.usage(since=datetime(2026, 12, 2, tzinfo=UTC), user=None)
-        assert [(row.user, row.requests) for row in since] == [(None, 1)]
+        [totals] = await accounts.usage(user=bob)
+        assert (totals.requests, totals.estimated_requests) == (600, 0)
+        assert (totals.prompt_tokens, totals.completion_tokens) == (600, 1200)
+        # The times are compared as instants: ann's row is before the day bob's are in.
+        day = datetime(2026, 12, 2, tzinfo=UTC)
+        assert await accounts.usage(since=day, user=ann) == []
+        assert [row.requests for row in await accounts.usage(since=day, user=bob)] == [600]
+        assert [row.requests for row in await accounts.usage(until=day, user=ann)] == [1]
     finally:
         await store.close()
