@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -26,6 +25,7 @@ from tokenrelay import errors
 from tokenrelay.auth import identity
 from tokenrelay.chat import ChatRequest
 from tokenrelay.config import Quota, RateLimitSettings
+from tokenrelay.ids import unique
 from tokenrelay.limits.base import Lease, Limiter, LimiterDown
 from tokenrelay.limits.headers import duration, publish, rate_headers
 from tokenrelay.limits.ledger import Ledger
@@ -116,7 +116,7 @@ class Gate:
             cost=prompt + (request.options.token_limit or self.settings.completion_estimate),
         )
         if not quota.unlimited:
-            lease = Lease(subject_of(owner), "lease_" + secrets.token_urlsafe(12))
+            lease = Lease(subject_of(owner), unique("lease"))
             limiter = self.limiter
             try:
                 if limiter.in_process:
@@ -142,7 +142,7 @@ class Gate:
         if rate is None:
             return
         quota = Quota(requests_per_minute=rate)
-        lease = Lease(subject_of(owner), "lease_" + secrets.token_urlsafe(12))
+        lease = Lease(subject_of(owner), unique("lease"))
         try:
             async with asyncio.timeout(self.timeout):
                 decision = await self.limiter.admit(lease.subject, quota, 0, lease.id)

@@ -10,12 +10,12 @@ returned on the response, the wire it came in on, its arrival time, and the W3C
 from __future__ import annotations
 
 import re
-import secrets
 import time
 from contextvars import Token
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from tokenrelay.ids import unique
 from tokenrelay.limits import headers as response_head
 from tokenrelay.telemetry import RequestContext, current_request
 
@@ -36,7 +36,7 @@ WIRES = (
 
 
 def new_request_id() -> str:
-    return "req_" + secrets.token_hex(12)
+    return unique("req")
 
 
 def wire_of(path: str) -> str:
