@@ -32,10 +32,10 @@ async def read_json(request: Request, max_bytes: int) -> Any:
     if declared is not None and declared > max_bytes:
         raise errors.PayloadTooLarge(f"the request body is larger than {max_bytes} bytes")
     receive = request.receive
-    body = b""
     pieces: list[bytes] = []
     size = 0
-    while True:
+    more = True
+    while more:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise errors.Cancelled("the client left before its request body had arrived")
@@ -43,10 +43,10 @@ async def read_json(request: Request, max_bytes: int) -> Any:
         size += len(chunk)
         if size > max_bytes:
             raise errors.PayloadTooLarge(f"the request body is larger than {max_bytes} bytes")
-        if not message.get("more_body", False):
-            body = b"".join((*pieces, chunk)) if pieces else chunk
-            break
         pieces.append(chunk)
+        more = message.get("more_body", False)
+    # Joining one piece hands back that piece itself, not a copy.
+    body = b"".join(pieces)
     if not body:
         raise errors.InvalidRequest("the request body is empty; send a JSON object")
     return parse_json(body)
