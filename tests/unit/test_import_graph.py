@@ -16,7 +16,7 @@ ROOT = Path(tokenrelay.__file__).parent
 
 # Lowest first. A unit imports only from its own layer's units' lower layers and its own unit.
 LAYERS: list[set[str]] = [
-    {"errors", "events", "chat", "tokens", "telemetry", "ids"},
+    {"errors", "events", "chat", "tokens", "telemetry", "ids", "asgi"},
     {"config", "redis_pool"},
     {"client"},
     {"providers"},

@@ -24,6 +24,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenrelay import errors
+from tokenrelay.asgi import header
 from tokenrelay.auth.authenticator import Authenticator, refused
 from tokenrelay.auth.identity import Principal, current
 from tokenrelay.config import AuthSettings
@@ -44,20 +45,13 @@ def needs_scope(path: str) -> str | None:
     return "chat"
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return str(value.decode("latin-1"))
-    return None
-
-
 def credential(scope: Scope) -> str | None:
-    authorization = _header(scope, b"authorization")
+    authorization = header(scope, b"authorization")
     if authorization is not None:
         scheme, _, token = authorization.strip().partition(" ")
         return token.strip() if scheme.lower() == "bearer" else None
     if scope["type"] == "http" and errors.dialect_of(scope["path"]) == "anthropic":
-        return _header(scope, b"x-api-key")
+        return header(scope, b"x-api-key")
     return None
 
 
@@ -140,14 +134,14 @@ class AuthMiddleware:
         await self._as(principal, scope, replayed, accepted)
 
     def _origin_allowed(self, scope: Scope) -> bool:
-        origin = _header(scope, b"origin")
+        origin = header(scope, b"origin")
         if origin is None:
             # Not a browser: the Origin check protects browsers' users, and others send none.
             return True
         origin = origin.rstrip("/").lower()
         if "*" in self.origins or origin in self.origins:
             return True
-        host = (_header(scope, b"host") or "").lower()
+        host = (header(scope, b"host") or "").lower()
         parts = urlsplit(origin)
         return parts.scheme in ("http", "https") and bool(host) and parts.netloc == host
 

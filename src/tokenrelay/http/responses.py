@@ -8,9 +8,9 @@ import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Scope
 
 from tokenrelay import errors
+from tokenrelay.asgi import header
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -28,8 +28,8 @@ async def read_json(request: Request, max_bytes: int) -> Any:
     Read from the ASGI messages themselves (not ``Request.stream()``): a body that comes in
     one message, as nearly every body does, is parsed as it came, with no copy.
     """
-    declared = _content_length(request.scope)
-    if declared is not None and declared > max_bytes:
+    declared = header(request.scope, b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise errors.PayloadTooLarge(f"the request body is larger than {max_bytes} bytes")
     receive = request.receive
     pieces: list[bytes] = []
@@ -50,13 +50,6 @@ async def read_json(request: Request, max_bytes: int) -> Any:
     if not body:
         raise errors.InvalidRequest("the request body is empty; send a JSON object")
     return parse_json(body)
-
-
-def _content_length(scope: Scope) -> int | None:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            return int(value) if value.isdigit() else None
-    return None
 
 
 def parse_json(data: bytes | str) -> Any:

@@ -14,6 +14,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Scope
 
+from tokenrelay.asgi import header
 from tokenrelay.config import CorsSettings
 from tokenrelay.limits import headers as response_head
 
@@ -64,9 +65,6 @@ class Cors:
 
     def publish(self, scope: Scope) -> None:
         """Put the CORS headers for this request's ``Origin`` on its response head."""
-        for name, value in scope["headers"]:
-            if name == b"origin":
-                origin = value.decode("latin-1")
-                if self.allows(origin):
-                    response_head.publish({"access-control-allow-origin": origin, **self._head})
-                return
+        origin = header(scope, b"origin")
+        if origin is not None and self.allows(origin):
+            response_head.publish({"access-control-allow-origin": origin, **self._head})
