@@ -331,14 +331,13 @@ def log_bytes_per_token(tokens: int) -> dict[str, Any]:
             log.append(TextDelta(TOKEN))
         if state == "finished":
             log.append(Finish("stop"))
-        packed = getattr(log.events, "data", None)
-        if packed is None:  # a log that keeps one object per event
+        footprint = getattr(log.events, "footprint", None)
+        if footprint is None:  # a log that keeps one object per event
             size = sys.getsizeof(log.events) + sum(
                 sys.getsizeof(e) + sys.getsizeof(getattr(e, "text", "")) for e in log.events
             )
         else:
-            buffers = (log.events.data, log.events.codes, log.events._marks)
-            size = sum(sys.getsizeof(b) for b in buffers)
+            size = footprint()
         text = tokens * len(TOKEN.encode())
         out[state] = {"bytes_per_token": size / tokens, "x_text": size / text}
     return out

@@ -1,154 +1,211 @@
-"""A stream's events, packed: one byte buffer of delta text and one code byte per event.
+"""A stream's events, packed in one byte buffer: half a byte per event and its delta's text.
 
 Every relayed token stays in its stream's log so that clients can resume, so the log's cost
 per token is what a long reply holds for its whole life. A frozen dataclass and its string
-per token cost about 100 bytes; here a text token costs its UTF-8 bytes and one code byte,
-and event objects are made again only when a reader asks for them.
+per token cost about 100 bytes; here a text token costs its UTF-8 bytes and four bits, and
+event objects are made again only when a reader asks for them.
 
-Each event has one code byte in ``codes``; its top two bits are its kind:
+``data`` is a run of groups, one per two events: a code byte (the even event's code in its low
+four bits, the odd one's in its high four), then the first event's bytes, then the second's.
+A code says what an event's bytes are:
 
-* text, reasoning: the delta's UTF-8 is the next ``n`` bytes of ``data``;
-* tool-call arguments: the next ``n`` bytes of ``data`` are the call's index (one byte) and
-  the fragment's UTF-8;
-* any other event (``Opened``, ``Usage``, ``Finish``…, kinds added later, and the rare deltas
-  that do not fit the above): kept as the object itself in ``others``, no bytes in ``data``.
+* 1 to 14: a delta of that many bytes of UTF-8, of the same kind (and tool call) as the delta
+  before it. Nearly every token of a reply is one of these.
+* 15, ``HEAD``: a delta whose UTF-8 follows a head: one byte with the kind in its top two bits
+  and the length in its low six (63: a four-byte length follows), then for tool-call arguments
+  the call's index (one byte). The deltas after it with short codes are of its kind and call:
+  a head starts a run.
+* 0, ``OTHER``: any other event (``Opened``, ``Usage``, ``Finish``…, kinds added later, and
+  the rare deltas that do not fit the above), kept as the object itself in ``others``; it has
+  no bytes.
 
-``n``, the low six bits, is the length when it is under 63; 63 means a four-byte length comes
-first in ``data``. Finding event ``i`` means adding up lengths from the last mark before it
-(the byte offset of every ``MARK``-th event), or from where the previous read ended.
+Finding event ``i`` means adding up lengths from where the previous read ended, or from the
+last mark before it: the offset of every ``MARK``-th event's group. The first delta after a
+mark always has a head, so a read can start at a mark knowing nothing of the events before it.
+Most streams are only ever read where they end, so the marks are found the first time a read
+needs one, and kept up from then on.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from array import array
 from collections.abc import Iterator, Sequence
 from typing import overload
 
 from tokenrelay.events import Event, ReasoningDelta, TextDelta, ToolCallDelta
 
-TEXT, REASONING, ARGUMENTS, OTHER = 0x00, 0x40, 0x80, 0xC0
+# A run: the kind as the head's top bits have it, and for arguments the call's index above.
+TEXT, REASONING, ARGUMENTS = 0x00, 0x40, 0x80
 KIND, LENGTH = 0xC0, 0x3F
-LONG = LENGTH  # the length field saying "four length bytes follow"
-MARK = 64
+LONG = LENGTH  # the head's length field saying "four length bytes follow"
+OTHER, HEAD = 0, 15
+SHORT = 14  # the longest delta its code alone can say
+MARK = 128  # even: a mark is where a group starts
+NO_RUN = -1  # what a read starting at a mark knows of the run: nothing
 _LONG_BYTES = 4
 
 
 class PackedEvents(Sequence[Event]):
     """An append-only sequence of events; ``self[i]`` makes event ``i`` anew each time."""
 
-    __slots__ = ("_cursor", "_marks", "codes", "data", "others", "text_bytes")
+    __slots__ = ("_count", "_cursor", "_group", "_marks", "_run", "data", "others")
 
     def __init__(self) -> None:
         self.data = bytearray()
-        self.codes = bytearray()
         self.others: dict[int, Event] = {}
+        self._count = 0
+        self._group = 0
+        """The offset of the newest group's code byte."""
+        self._run = NO_RUN
+        """The run the next short code would continue."""
         # Four bytes a mark: a stream's text never nears 4 GiB (limits.max_tokens).
-        self._marks = array("I")
-        # (index, byte offset) where the last read stopped: the next read starts there.
-        self._cursor = (0, 0)
-        self.text_bytes = 0
-        """UTF-8 bytes of the deltas' text (and arguments) held in ``data``."""
+        self._marks: array[int] | None = None
+        # (index, offset, run, group) where the last read stopped: the next read starts there.
+        self._cursor = (0, 0, NO_RUN, 0)
 
     def __len__(self) -> int:
-        return len(self.codes)
+        return self._count
 
     def append(self, event: Event) -> None:
-        if len(self.codes) % MARK == 0:
-            self._marks.append(len(self.data))
+        count, data = self._count, self.data
+        self._count = count + 1
+        odd = count & 1
+        if not odd and count % MARK == 0:
+            self._run = NO_RUN
+            if self._marks is not None:
+                self._marks.append(len(data))
         if type(event) is TextDelta:
-            self._put(TEXT, event.text.encode("utf-8", "surrogatepass"))
+            run, raw = TEXT, event.text.encode("utf-8", "surrogatepass")
         elif type(event) is ReasoningDelta:
-            self._put(REASONING, event.text.encode("utf-8", "surrogatepass"))
+            run, raw = REASONING, event.text.encode("utf-8", "surrogatepass")
         elif type(event) is ToolCallDelta and 0 <= event.index < 256:
-            arguments = event.arguments.encode("utf-8", "surrogatepass")
-            self._put(ARGUMENTS, bytes((event.index,)) + arguments)
-            self.text_bytes -= 1
+            run = ARGUMENTS | event.index << 8
+            raw = event.arguments.encode("utf-8", "surrogatepass")
         else:
-            self.others[len(self.codes)] = event
-            self.codes.append(OTHER)
+            self.others[count] = event
+            if not odd:
+                self._group = len(data)
+                data.append(OTHER)
+            return
+        size = len(raw)
+        code = size if run == self._run and 0 < size <= SHORT else HEAD
+        if odd:
+            data[self._group] |= code << 4
+        else:
+            self._group = len(data)
+            data.append(code)
+        if code == HEAD:
+            self._head(run, size)
+        data += raw
 
     def seal(self) -> None:
-        """No more appends: the buffers shrink to their size (a growing one keeps up to an
+        """No more appends: the buffer shrinks to its size (a growing one keeps up to an
         eighth more for its next appends)."""
         # A copy is made at its exact size.
-        self.data, self.codes = bytearray(self.data), bytearray(self.codes)
+        self.data = bytearray(self.data)
+        if self._marks is not None:
+            self._marks = array("I", self._marks)
 
-    def _put(self, kind: int, raw: bytes) -> None:
-        size = len(raw)
-        self.text_bytes += size
+    def _head(self, run: int, size: int) -> None:
+        """Write the head of a delta that starts run ``run``."""
+        data = self.data
         if size < LONG:
-            self.codes.append(kind | size)
+            data.append(run & KIND | size)
         else:
-            self.codes.append(kind | LONG)
-            self.data += size.to_bytes(_LONG_BYTES, "little")
-        self.data += raw
+            data.append(run & KIND | LONG)
+            data += size.to_bytes(_LONG_BYTES, "little")
+        if run & KIND == ARGUMENTS:
+            data.append(run >> 8)
+        self._run = run
 
-    def _offset(self, index: int) -> int:
-        """The byte offset in ``data`` where event ``index`` starts."""
-        at, pos = self._cursor
+    def _seek(self, index: int) -> tuple[int, int, int]:
+        """Where event ``index``'s bytes start: (offset, the run before it, its group)."""
+        at, pos, run, group = self._cursor
         if not at <= index < at + MARK:
+            if self._marks is None:
+                self._marks = self._found_marks()
             at = index - index % MARK
-            pos = self._marks[at // MARK]
-        codes, data = self.codes, self.data
+            pos, run = self._marks[at // MARK], NO_RUN
+        data = self.data
         while at < index:
-            pos = _skip(codes[at], data, pos)
+            pos, run, group = _past(data, at, pos, run, group)
             at += 1
-        return pos
+        return pos, run, group
+
+    def _found_marks(self) -> array[int]:
+        marks, pos, run, group = array("I"), 0, NO_RUN, 0
+        for at in range(self._count):
+            if at % MARK == 0:
+                marks.append(pos)
+            pos, run, group = _past(self.data, at, pos, run, group)
+        return marks
 
     def between(self, start: int, stop: int, max_bytes: float = math.inf) -> list[Event]:
         """Events ``start`` to ``stop`` (exclusive), made from the buffer; with ``max_bytes``,
         only as many as carry about that much text (at least one)."""
-        stop = min(stop, len(self.codes))
+        stop = min(stop, self._count)
         if start >= stop:
             return []
-        pos = self._offset(start)
-        codes, data, others = self.codes, self.data, self.others
+        pos, run, group = self._seek(start)
+        data, others = self.data, self.others
         out: list[Event] = []
         index, size = start, 0
         while index < stop and size < max_bytes:
-            code = codes[index]
-            kind = code & KIND
+            if index & 1:
+                code = data[group] >> 4
+            else:
+                group = pos
+                code = data[pos] & 0xF
+                pos += 1
             index += 1
-            if kind == OTHER:
+            if code == OTHER:
                 event = others[index - 1]
                 out.append(event)
                 if type(event) is ToolCallDelta:
                     size += len(event.arguments)
                 continue
-            length = code & LENGTH
-            if length == LONG:
-                length = int.from_bytes(data[pos : pos + _LONG_BYTES], "little")
-                pos += _LONG_BYTES
-            end = pos + length
-            size += length
+            if code == HEAD:
+                pos, run, code = _head(data, pos)
+            end = pos + code
+            size += code
+            kind = run & KIND
             if kind == TEXT:
                 out.append(TextDelta(data[pos:end].decode("utf-8", "surrogatepass")))
             elif kind == REASONING:
                 out.append(ReasoningDelta(data[pos:end].decode("utf-8", "surrogatepass")))
             else:
-                arguments = data[pos + 1 : end].decode("utf-8", "surrogatepass")
-                out.append(ToolCallDelta(data[pos], arguments))
+                arguments = data[pos:end].decode("utf-8", "surrogatepass")
+                out.append(ToolCallDelta(run >> 8, arguments))
             pos = end
-        self._cursor = (index, pos)
+        self._cursor = (index, pos, run, group)
         return out
 
     def text(self) -> str:
         """The text deltas' text, joined."""
-        pos, parts = 0, []
-        codes, data = self.codes, self.data
-        for code in codes:
-            if code & KIND == OTHER:
+        data, pos, run, group, parts = self.data, 0, NO_RUN, 0, []
+        for index in range(self._count):
+            if index & 1:
+                code = data[group] >> 4
+            else:
+                group = pos
+                code = data[pos] & 0xF
+                pos += 1
+            if code == OTHER:
                 continue
-            start = pos
-            pos = _skip(code, data, pos)
-            if code & KIND == TEXT:
-                parts.append(data[start:pos][_LONG_BYTES if code & LENGTH == LONG else 0 :])
+            if code == HEAD:
+                pos, run, code = _head(data, pos)
+            if run & KIND == TEXT:
+                parts.append(data[pos : pos + code])
+            pos += code
         return b"".join(parts).decode("utf-8", "surrogatepass")
 
-    def nbytes(self) -> int:
-        """What the buffers hold (the objects kept as they are not counted): for the bound."""
-        return len(self.data) + len(self.codes) + self._marks.itemsize * len(self._marks)
+    def footprint(self) -> int:
+        """The bytes its buffers take in memory, their headers and room to grow included (the
+        events kept as objects not counted)."""
+        marks = 0 if self._marks is None else sys.getsizeof(self._marks)
+        return sys.getsizeof(self.data) + marks
 
     @overload
     def __getitem__(self, index: int) -> Event: ...
@@ -158,17 +215,17 @@ class PackedEvents(Sequence[Event]):
 
     def __getitem__(self, index: int | slice) -> Event | list[Event]:
         if isinstance(index, slice):
-            start, stop, step = index.indices(len(self.codes))
+            start, stop, step = index.indices(self._count)
             events = self.between(start, stop)
             return events if step == 1 else events[::step]
         if index < 0:
-            index += len(self.codes)
-        if not 0 <= index < len(self.codes):
+            index += self._count
+        if not 0 <= index < self._count:
             raise IndexError("event index out of range")
         return self.between(index, index + 1)[0]
 
     def __reversed__(self) -> Iterator[Event]:
-        end = len(self.codes)
+        end = self._count
         while end > 0:
             start = max(0, end - 256)
             yield from reversed(self.between(start, end))
@@ -176,15 +233,33 @@ class PackedEvents(Sequence[Event]):
 
     def __iter__(self) -> Iterator[Event]:
         # In slices, so that iterating a long log never makes every event at once.
-        for start in range(0, len(self.codes), 256):
+        for start in range(0, self._count, 256):
             yield from self.between(start, start + 256)
 
 
-def _skip(code: int, data: bytearray, pos: int) -> int:
-    """The offset past event ``code`` whose bytes start at ``pos``."""
-    if code & KIND == OTHER:
-        return pos
-    size = code & LENGTH
+def _past(data: bytearray, index: int, pos: int, run: int, group: int) -> tuple[int, int, int]:
+    """(offset, run, group) past event ``index``, whose bytes or group start at ``pos``."""
+    if index & 1:
+        code = data[group] >> 4
+    else:
+        group = pos
+        code = data[pos] & 0xF
+        pos += 1
+    if code == HEAD:
+        pos, run, code = _head(data, pos)
+    return pos + code, run, group
+
+
+def _head(data: bytearray, pos: int) -> tuple[int, int, int]:
+    """The head at ``pos``: the offset past it, the run it starts, the delta's length."""
+    byte = data[pos]
+    pos += 1
+    size = byte & LENGTH
     if size == LONG:
-        return pos + _LONG_BYTES + int.from_bytes(data[pos : pos + _LONG_BYTES], "little")
-    return pos + size
+        size = int.from_bytes(data[pos : pos + _LONG_BYTES], "little")
+        pos += _LONG_BYTES
+    run = byte & KIND
+    if run == ARGUMENTS:
+        run |= data[pos] << 8
+        pos += 1
+    return pos, run, size
