@@ -133,14 +133,10 @@ class Child:
         Child.running.append(self)
 
     def pin(self, role: Role) -> None:
-        """Move each of its threads to ``role``'s cores; threads and processes it starts
-        later inherit them (those it started before keep their own)."""
+        """Move each of its threads, and its processes' (``--workers``), to ``role``'s cores;
+        threads and processes started later inherit them."""
         cpus = cores(role)
-        try:
-            threads = [int(tid) for tid in os.listdir(f"/proc/{self.pid}/task")]
-        except FileNotFoundError:
-            return
-        for tid in threads:
+        for tid in _threads_under(self.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.sched_setaffinity(tid, cpus)
 
@@ -191,3 +187,20 @@ class Child:
 
 def python(*args: str) -> list[str]:
     return [sys.executable, *args]
+
+
+def _threads_under(pid: int) -> list[int]:
+    """The threads of ``pid`` and of every process below it."""
+    threads, pids = [], [pid]
+    while pids:
+        here = pids.pop()
+        try:
+            tids = [int(tid) for tid in os.listdir(f"/proc/{here}/task")]
+        except FileNotFoundError:
+            continue
+        threads += tids
+        for tid in tids:
+            with contextlib.suppress(FileNotFoundError):
+                children = Path(f"/proc/{here}/task/{tid}/children").read_text()
+                pids += [int(child) for child in children.split()]
+    return threads
