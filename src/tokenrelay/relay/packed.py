@@ -130,7 +130,7 @@ class PackedEvents(Sequence[Event]):
             pos, run = self._marks[at // MARK], NO_RUN
         data = self.data
         while at < index:
-            pos, run, group = _past(data, at, pos, run, group)
+            _, pos, run, group = _span(data, at, pos, run, group)
             at += 1
         return pos, run, group
 
@@ -139,7 +139,7 @@ class PackedEvents(Sequence[Event]):
         for at in range(self._count):
             if at % MARK == 0:
                 marks.append(pos)
-            pos, run, group = _past(self.data, at, pos, run, group)
+            _, pos, run, group = _span(self.data, at, pos, run, group)
         return marks
 
     def between(self, start: int, stop: int, max_bytes: float = math.inf) -> list[Event]:
@@ -153,32 +153,23 @@ class PackedEvents(Sequence[Event]):
         out: list[Event] = []
         index, size = start, 0
         while index < stop and size < max_bytes:
-            if index & 1:
-                code = data[group] >> 4
-            else:
-                group = pos
-                code = data[pos] & 0xF
-                pos += 1
-            index += 1
-            if code == OTHER:
-                event = others[index - 1]
+            start, pos, run, group = _span(data, index, pos, run, group)
+            if start == pos and index in others:
+                event = others[index]
                 out.append(event)
                 if type(event) is ToolCallDelta:
                     size += len(event.arguments)
-                continue
-            if code == HEAD:
-                pos, run, code = _head(data, pos)
-            end = pos + code
-            size += code
-            kind = run & KIND
-            if kind == TEXT:
-                out.append(TextDelta(data[pos:end].decode("utf-8", "surrogatepass")))
-            elif kind == REASONING:
-                out.append(ReasoningDelta(data[pos:end].decode("utf-8", "surrogatepass")))
             else:
-                arguments = data[pos:end].decode("utf-8", "surrogatepass")
-                out.append(ToolCallDelta(run >> 8, arguments))
-            pos = end
+                size += pos - start
+                kind = run & KIND
+                text = data[start:pos].decode("utf-8", "surrogatepass")
+                if kind == TEXT:
+                    out.append(TextDelta(text))
+                elif kind == REASONING:
+                    out.append(ReasoningDelta(text))
+                else:
+                    out.append(ToolCallDelta(run >> 8, text))
+            index += 1
         self._cursor = (index, pos, run, group)
         return out
 
@@ -186,19 +177,9 @@ class PackedEvents(Sequence[Event]):
         """The text deltas' text, joined."""
         data, pos, run, group, parts = self.data, 0, NO_RUN, 0, []
         for index in range(self._count):
-            if index & 1:
-                code = data[group] >> 4
-            else:
-                group = pos
-                code = data[pos] & 0xF
-                pos += 1
-            if code == OTHER:
-                continue
-            if code == HEAD:
-                pos, run, code = _head(data, pos)
-            if run & KIND == TEXT:
-                parts.append(data[pos : pos + code])
-            pos += code
+            start, pos, run, group = _span(data, index, pos, run, group)
+            if pos > start and run & KIND == TEXT:
+                parts.append(data[start:pos])
         return b"".join(parts).decode("utf-8", "surrogatepass")
 
     def footprint(self) -> int:
@@ -237,8 +218,9 @@ class PackedEvents(Sequence[Event]):
             yield from self.between(start, start + 256)
 
 
-def _past(data: bytearray, index: int, pos: int, run: int, group: int) -> tuple[int, int, int]:
-    """(offset, run, group) past event ``index``, whose bytes or group start at ``pos``."""
+def _span(data: bytearray, index: int, pos: int, run: int, group: int) -> tuple[int, int, int, int]:
+    """Event ``index``, whose bytes (or group) start at ``pos``: where its UTF-8 starts and ends,
+    and the run and group it leaves. An event kept as an object has no bytes: start == end."""
     if index & 1:
         code = data[group] >> 4
     else:
@@ -247,7 +229,7 @@ def _past(data: bytearray, index: int, pos: int, run: int, group: int) -> tuple[
         pos += 1
     if code == HEAD:
         pos, run, code = _head(data, pos)
-    return pos + code, run, group
+    return pos, pos + code, run, group
 
 
 def _head(data: bytearray, pos: int) -> tuple[int, int, int]:
