@@ -11,6 +11,10 @@ Bounds (``[server]`` settings), none of which uvicorn's httptools protocol has b
   (uvicorn times out only the wait between requests);
 * past ``max_connections`` open connections (WebSockets included) a new one gets a 503.
 
+Writes: a response's head leaves with its first body when that is sent in the same loop turn
+(:class:`_HeadWithBody`), as a stream's first token is when the upstream's head and first event
+come together, and a JSON answer always is: one send, and one wakeup of the client, fewer.
+
 Memory:
 
 An open stream keeps its connection's protocol alive for as long as it streams, thousands at
@@ -131,6 +135,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             # uvicorn types an extension's value as a dict; ASGI leaves it to the extension.
             extensions = cast(dict[str, Any], self.scope.setdefault("extensions", {}))
             extensions[ON_DISCONNECT] = self._watch_lost
+            if self.cycle is not None and hasattr(self.cycle, "transport"):
+                held = _HeadWithBody(self.cycle, self.transport, self.loop)
+                self.cycle.transport = cast(asyncio.Transport, held)
         _lean_waiters(getattr(self.cycle, "message_event", None))
 
     def on_message_complete(self) -> None:
@@ -183,3 +190,46 @@ def _lean_waiters(event: object) -> None:
         waiters = getattr(event, "_waiters", None)
         if isinstance(waiters, deque) and not waiters:
             event._waiters = []  # type: ignore[assignment]
+
+
+class _HeadWithBody:
+    """The transport a request's cycle writes to until its first write has left.
+
+    The first write (the response's head) is held until the next (its first body), which then
+    leaves with it in one send, or until the end of this loop turn, so a head never waits for
+    a body that is not ready. Once it has left, the cycle writes to the transport itself again:
+    nothing is held, and no object kept, for the rest of a stream.
+    """
+
+    __slots__ = ("_cycle", "_held", "_loop", "_transport")
+
+    def __init__(
+        self, cycle: Any, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self._cycle = cycle
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._held is None:
+            self._held = data
+            self._loop.call_soon(self._release, b"")
+        else:
+            self._release(data)
+
+    def close(self) -> None:
+        self._release(b"")
+        self._transport.close()
+
+    def _release(self, data: bytes) -> None:
+        """Write what is held, and ``data`` after it; from now on the cycle writes directly."""
+        if self._cycle is None:
+            return
+        held, self._held = self._held, None
+        self._cycle.transport, self._cycle = self._transport, None
+        if held is not None or data:
+            self._transport.write(held + data if held is not None else data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
