@@ -65,6 +65,31 @@ async def until_stored(store: Store, cid: str, count: int) -> list[MessageRecord
     return await until_value(listed, lambda items: len(items) >= count)
 
 
+async def test_a_turn_read_to_its_end_finds_its_reply_stored_however_slow_the_store(
+    http: aiohttp.ClientSession, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reply's end is written by a task of its own; the stream's end waits for it, so a
+    client that lists the messages right after the stream ends never finds it streaming."""
+    finish_reply = Store.finish_reply
+
+    async def slow_finish(self: Store, *args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.3)
+        return await finish_reply(self, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "finish_reply", slow_finish)
+    async with serve(database_url=database_url) as gateway:
+        cid = await create(http, gateway)
+        events = await post_turn(http, gateway, cid, turn("question", text="stored first"))
+        listed = await messages(http, gateway, cid)
+    assert text_of(events) == "stored first"
+    reply = listed[-1]
+    assert (reply["role"], reply["status"], reply["content"]) == (
+        "assistant",
+        "complete",
+        "stored first",
+    )
+
+
 async def test_history_survives_a_restart_and_is_the_next_replys_context(
     http: aiohttp.ClientSession, database_url: str
 ) -> None:

@@ -247,6 +247,8 @@ async def post_message(request: Request) -> EventStreamResponse:
             "X-Conversation-Id": started.user.conversation_id,
             "X-Message-Id": started.reply.id,
         },
+        # A client that has read the turn to its end finds the reply stored.
+        before_end=lambda: conversations.reply_stored(started.reply.id),
     )
 
 

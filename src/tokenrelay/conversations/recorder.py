@@ -63,8 +63,16 @@ class Recorder:
         self.interval = interval
         self.max_pending = max_pending
         self.checkpoints = 0
+        self.ended = asyncio.Event()
+        """Set once the reply's end is in the store (or could not be put there)."""
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            self.ended.set()
+
+    async def _run(self) -> None:
         log = self.stream.log
         loop = asyncio.get_running_loop()
         reply = Reply()

@@ -32,6 +32,8 @@ from tokenrelay.tokens import MESSAGE_OVERHEAD, estimated_tokens
 logger = logging.getLogger("tokenrelay.conversations")
 
 TITLE_CHARS = 80
+# How long a turn's stream may hold its end back for the reply's end to be stored.
+STORE_WAIT = 2.0
 # Quote marks, backticks and markdown a model may wrap a title in.
 QUOTES = "\"'`*# \u2018\u2019\u201c\u201d"
 
@@ -279,6 +281,16 @@ class Conversations:
     def live(self, conversation_id: str) -> Stream | None:
         stream = self._live.get(conversation_id)
         return None if stream is None or stream.finished else stream
+
+    async def reply_stored(self, message_id: str) -> None:
+        """Return once reply ``message_id`` has its end in the store, or after
+        ``STORE_WAIT`` seconds (a store that is failing is retried for longer than a client
+        should wait for the end of its stream)."""
+        recorder = self.recorders.get(message_id)
+        if recorder is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STORE_WAIT):
+                    await recorder.ended.wait()
 
     def cancel(self, conversation_id: str, reason: errors.TokenRelayError) -> None:
         stream = self.live(conversation_id)

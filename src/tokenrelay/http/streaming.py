@@ -131,7 +131,7 @@ class EventStreamResponse:
     """Server-Sent Events following a stream's log from ``offset``."""
 
     # One per open response, thousands at once: no per-instance __dict__.
-    __slots__ = ("encoder", "headers", "offset", "render_error", "settings", "stream")
+    __slots__ = ("before_end", "encoder", "headers", "offset", "render_error", "settings", "stream")
 
     def __init__(
         self,
@@ -142,9 +142,13 @@ class EventStreamResponse:
         offset: int = 0,
         headers: Mapping[str, str] | None = None,
         render_error: ErrorRenderer = error_response,
+        before_end: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.stream = stream
         self.encoder = encoder
+        # Awaited between the stream's last events and the end of the body: what a client
+        # that has read to the end may rely on (a conversation's reply is stored).
+        self.before_end = before_end
         self.settings = settings
         self.offset = offset
         self.render_error = render_error
@@ -180,6 +184,11 @@ class EventStreamResponse:
                                 telemetry.delivering()
                             # The last events and the end of the body in one write.
                             last = log.closed and offset == len(log)
+                            if last and self.before_end is not None:
+                                if data and not await self._send_within(send, data, deadline):
+                                    return
+                                await self.before_end()
+                                data = b""
                             if (data or last) and not await self._send_within(
                                 send, data, deadline, more=not last
                             ):
@@ -190,6 +199,8 @@ class EventStreamResponse:
                             del batch, data
                             continue
                         if log.closed:
+                            if self.before_end is not None:
+                                await self.before_end()
                             await send(
                                 {"type": "http.response.body", "body": b"", "more_body": False}
                             )
