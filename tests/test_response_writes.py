@@ -41,12 +41,14 @@ class _Recording(asyncio.Transport):
         self.closed = True
 
 
-async def _served(app: Any, *requests: bytes, settle: float = 0.05) -> _Recording:
+async def _served(
+    app: Any, *requests: bytes, transport: _Recording | None = None, settle: float = 0.05
+) -> _Recording:
     """``requests`` one after another on one connection, each given time to be answered."""
     config = Config(app, http="httptools", log_level="warning")
     config.load()
     protocol = GatewayHttpProtocol(config=config, server_state=ServerState(), app_state={})
-    transport = _Recording()
+    transport = transport or _Recording()
     protocol.connection_made(transport)
     try:
         for request in requests:
@@ -75,23 +77,15 @@ async def test_a_head_and_a_body_sent_together_leave_in_one_write() -> None:
 
 async def test_a_head_whose_body_is_not_ready_leaves_alone_at_the_end_of_the_turn() -> None:
     seen_before_body: list[list[bytes]] = []
-    transport: _Recording | None = None
+    transport = _Recording()
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await send(START)
         await asyncio.sleep(0.01)
-        assert transport is not None
         seen_before_body.append(list(transport.writes))
         await send(BODY)
 
-    config = Config(app, http="httptools", log_level="warning")
-    config.load()
-    protocol = GatewayHttpProtocol(config=config, server_state=ServerState(), app_state={})
-    transport = _Recording()
-    protocol.connection_made(transport)
-    protocol.data_received(GET)
-    await asyncio.sleep(0.05)
-    protocol.connection_lost(None)
+    await _served(app, GET, transport=transport)
 
     [before] = seen_before_body
     assert len(before) == 1 and before[0].startswith(b"HTTP/1.1 200 OK\r\n")

@@ -153,16 +153,16 @@ class PackedEvents(Sequence[Event]):
         out: list[Event] = []
         index, size = start, 0
         while index < stop and size < max_bytes:
-            start, pos, run, group = _span(data, index, pos, run, group)
-            if start == pos and index in others:
+            first, pos, run, group = _span(data, index, pos, run, group)
+            if first == pos and index in others:
                 event = others[index]
                 out.append(event)
                 if type(event) is ToolCallDelta:
                     size += len(event.arguments)
             else:
-                size += pos - start
+                size += pos - first
                 kind = run & KIND
-                text = data[start:pos].decode("utf-8", "surrogatepass")
+                text = data[first:pos].decode("utf-8", "surrogatepass")
                 if kind == TEXT:
                     out.append(TextDelta(text))
                 elif kind == REASONING:
