@@ -3,13 +3,17 @@ value as written, read back through the same models the admin usage endpoint rea
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from datetime import UTC, datetime, timedelta, timezone
 
-from sqlalchemy import select
+import pytest
+from sqlalchemy import select, text
 
+from tests.processes import upgraded
 from tokenrelay.limits.ledger import Ledger
 from tokenrelay.store.accounts import Accounts, StreamUsage, usage_records
+from tokenrelay.store.direct import HeldConnection
 from tokenrelay.store.repository import Store
 
 
@@ -52,5 +56,86 @@ async def test_a_batch_of_usage_rows_is_stored_as_written(database_url: str) -> 
         assert await accounts.usage(since=day, user=ann) == []
         assert [row.requests for row in await accounts.usage(since=day, user=bob)] == [600]
         assert [row.requests for row in await accounts.usage(until=day, user=ann)] == [1]
+    finally:
+        await store.close()
+
+
+def _usage(owner: str, stream_id: str, model: str = "m1") -> StreamUsage:
+    return StreamUsage(owner, None, model, stream_id, "complete", 1, 2, False, datetime.now(UTC))
+
+
+async def _requests_of(accounts: Accounts, owner: str) -> int:
+    return sum(row.requests for row in await accounts.usage(user=owner))
+
+
+async def test_a_batch_the_database_refuses_writes_none_of_its_rows_and_the_writer_goes_on(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = await Store.open(database_url)
+    try:
+        accounts = Accounts(store)
+        owner = f"cy-{secrets.token_hex(4)}"
+        ledger = Ledger(accounts)
+        ledger.add(_usage(owner, f"str_ok{owner}"))
+        await ledger.flush()
+        # A row the table refuses (its model is NOT NULL), between two good ones.
+        ledger.add(_usage(owner, f"str_a{owner}"))
+        ledger.add(_usage(owner, f"str_bad{owner}", model=None))  # type: ignore[arg-type]
+        ledger.add(_usage(owner, f"str_b{owner}"))
+        await ledger.flush()
+        assert "writing 3 usage rows failed" in caplog.text
+        # All or nothing: neither good row of the refused batch is in the table.
+        assert await _requests_of(accounts, owner) == 1
+        # The writer's connection is usable after the failure.
+        await Accounts(store).record_usage([accounts.usage_row(_usage(owner, f"str_c{owner}"))])
+        assert await _requests_of(accounts, owner) == 2
+    finally:
+        await store.close()
+
+
+async def test_the_ledger_takes_its_turn_among_the_stores_other_writers(database_url: str) -> None:
+    """On SQLite one writer at a time: batches on the ledger's own connection and the store's
+    writes through SQLAlchemy interleave without a "database is locked"."""
+    store = await Store.open(database_url)
+    try:
+        accounts = Accounts(store)
+        owner = f"dee-{secrets.token_hex(4)}"
+
+        async def batches() -> None:
+            for i in range(20):
+                rows = [accounts.usage_row(_usage(owner, f"str_{i}_{j}{owner}")) for j in range(5)]
+                await accounts.record_usage(rows)
+
+        async def conversations() -> None:
+            for _ in range(20):
+                await store.create_conversation(owner, title="t")
+
+        await asyncio.gather(batches(), conversations(), batches())
+        assert await _requests_of(accounts, owner) == 200
+        assert len((await store.list_conversations(owner, limit=100)).items) == 20
+    finally:
+        await store.close()
+
+
+async def test_a_held_postgres_connection_that_dies_is_replaced(postgres_database: str) -> None:
+    url = await upgraded(postgres_database)
+    store = await Store.open(url)
+    try:
+        accounts = Accounts(store)
+        owner = f"eve-{secrets.token_hex(4)}"
+        ledger = Ledger(accounts)
+        ledger.add(_usage(owner, f"str_1{owner}"))
+        await ledger.flush()
+        # The server ends the writer's session, as a restart or an idle timeout would.
+        held = store._direct
+        assert isinstance(held, HeldConnection) and held._connection is not None
+        raw = await held._connection.get_raw_connection()
+        pid = raw.driver_connection.get_server_pid()  # type: ignore[union-attr]
+        async with store.engine.connect() as connection:
+            await connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        ledger.add(_usage(owner, f"str_2{owner}"))
+        await ledger.flush()  # fails on the dead connection, and keeps the row
+        await ledger.flush()
+        assert await _requests_of(accounts, owner) == 2
     finally:
         await store.close()

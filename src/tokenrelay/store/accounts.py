@@ -256,8 +256,7 @@ class Accounts:
         """Write rows made by :meth:`usage_row`, in one statement."""
         if not rows:
             return
-        async with self.store._write() as connection:
-            await self._insert_usage.run(connection, rows)
+        await self.store.insert_many(self._insert_usage, rows)
 
     async def usage(
         self, *, since: datetime | None = None, until: datetime | None = None, user: str | None

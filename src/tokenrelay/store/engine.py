@@ -22,6 +22,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 # Execution option a write transaction sets so SQLite takes the write lock when it begins.
 WRITE = "tokenrelay_write"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Set on every SQLite connection the store opens (the direct writer's too, store.direct).
+SQLITE_PRAGMAS = (
+    f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}",
+    "PRAGMA journal_mode = WAL",
+    # Durable across a process crash in WAL mode; only a power cut may lose a commit.
+    "PRAGMA synchronous = NORMAL",
+    "PRAGMA foreign_keys = ON",
+)
 
 _ASYNC_DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
@@ -74,11 +82,8 @@ def _sqlite_engine(url: URL, **options: Any) -> AsyncEngine:
         # SQLAlchemy, not the driver, starts transactions (see _begin).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
-        # Durable across a process crash in WAL mode; only a power cut may lose a commit.
-        cursor.execute("PRAGMA synchronous = NORMAL")
-        cursor.execute("PRAGMA foreign_keys = ON")
+        for pragma in SQLITE_PRAGMAS:
+            cursor.execute(pragma)
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")

@@ -32,6 +32,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tokenrelay import errors
 from tokenrelay.store import schema
+from tokenrelay.store.bulk import BulkInsert, Row
+from tokenrelay.store.direct import DirectWriter, direct_writer
 from tokenrelay.store.engine import WRITE, create_engine
 from tokenrelay.store.models import ConversationRow, MessageRow, MessageStatus, utcnow
 
@@ -104,6 +106,8 @@ class Store:
         # SQLite has one writer at a time. Queued here, writers take turns at once; left to
         # SQLite's busy handler they would poll for the lock with sleeps of up to 100 ms.
         self._writer = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+        # Batches of inserts go around SQLAlchemy's per-write path (store.direct says why).
+        self._direct: DirectWriter | None = direct_writer(engine)
 
     @classmethod
     async def open(cls, url: str, *, check_schema: bool = True) -> Store:
@@ -118,11 +122,23 @@ class Store:
         return cls(engine)
 
     async def close(self) -> None:
+        if self._direct is not None:
+            await self._direct.close()
         await self.engine.dispose()
 
     async def ping(self) -> None:
         async with self.engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
+
+    async def insert_many(self, bulk: BulkInsert, rows: list[Row]) -> None:
+        """``rows`` (made by ``bulk.row``) into ``bulk``'s table in one transaction."""
+        if self._direct is None:
+            async with self._write() as connection:
+                await bulk.run(connection, rows)
+            return
+        # The store's writers take turns: the direct writer too (on SQLite).
+        async with self._writer or contextlib.nullcontext():
+            await self._direct.insert_many(bulk.sql, rows)
 
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
