@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import gateway, report, scenarios, shared
+from bench import gateway, ledger, report, scenarios, shared
 from bench.client import Client
 from bench.procs import Child, free_port, layout, pin_self, python, raise_fd_limit, unpinned
 from bench.workload import GATEWAY_MODEL, UPSTREAM_MODEL, Target
@@ -96,8 +96,8 @@ def main() -> int:
     )
     parser.add_argument(
         "--only",
-        default="ttft,cpu,slow,clients,shared,local",
-        help="comma-separated sections to run (ttft, cpu, slow, clients, shared, local)",
+        default="ttft,cpu,slow,clients,shared,ledger,local",
+        help="comma-separated sections to run (ttft, cpu, slow, clients, shared, ledger, local)",
     )
     parser.add_argument("--out", type=Path, default=OUT_DIR / "latest.json")
     args = parser.parse_args()
@@ -169,6 +169,9 @@ def main() -> int:
     if "shared" in results:
         print()
         print("\n".join(shared.lines(results["shared"])))
+    if "ledger" in results:
+        print()
+        print("\n".join(report.ledger(results["ledger"])))
     local = results.get("local")
     if local is not None:
         print()
@@ -259,6 +262,9 @@ async def _run(
         _progress("the stream log on Redis, and --workers 2")
         results["shared"] = await shared.measure(OUT_DIR, plan, _warm_up)
         results.setdefault("gateway_auth", "on (API key)")
+    if "ledger" in sections:
+        _progress("the usage ledger's flush on the event loop")
+        results["ledger"] = await ledger.measure()
     if "local" in sections:
         results["local"] = await _local(plan is QUICK)
 

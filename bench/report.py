@@ -202,6 +202,25 @@ def notes(results: dict[str, Any]) -> list[str]:
     return out + [f"WARNING: {p}" for p in problems]
 
 
+def ledger(figures: dict[str, Any]) -> list[str]:
+    """The ``ledger`` section: the loop's time per flush, direct against through SQLAlchemy."""
+    out = [
+        f"usage ledger, a flush of {figures['rows']} rows: time on the event loop (main thread CPU)"
+    ]
+    for database in ("sqlite", "postgresql"):
+        row = figures.get(database) or {}
+        if "skipped" in row:
+            out.append(f"  {database}: skipped ({row['skipped']})")
+            continue
+        before, after = row["sqlalchemy"], row["direct"]
+        out.append(
+            f"  {database}: {after['loop_ms_p50']:.2f} ms (max {after['loop_ms_max']:.2f}) "
+            f"on its own connection, {before['loop_ms_p50']:.2f} ms "
+            f"(max {before['loop_ms_max']:.2f}) through SQLAlchemy: {row['x_sqlalchemy']:.2f}x"
+        )
+    return out
+
+
 def clients(results: dict[str, Any]) -> list[str]:
     """The upstream clients measured alone (bench/clients.py), tokenrelay's against aiohttp."""
     measured = results.get("clients")

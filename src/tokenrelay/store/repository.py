@@ -101,13 +101,15 @@ def _not_found(conversation_id: str) -> errors.NotFound:
 class Store:
     """Conversations and messages in one SQL database (see :mod:`tokenrelay.store.engine`)."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, direct: bool = True) -> None:
+        """``direct``: batches of inserts on a connection of their own (store.direct); off,
+        through SQLAlchemy like every other write (``make bench`` measures one beside the other)."""
         self.engine = engine
         # SQLite has one writer at a time. Queued here, writers take turns at once; left to
         # SQLite's busy handler they would poll for the lock with sleeps of up to 100 ms.
         self._writer = asyncio.Lock() if engine.dialect.name == "sqlite" else None
         # Batches of inserts go around SQLAlchemy's per-write path (store.direct says why).
-        self._direct: DirectWriter | None = direct_writer(engine)
+        self._direct: DirectWriter | None = direct_writer(engine) if direct else None
 
     @classmethod
     async def open(cls, url: str, *, check_schema: bool = True) -> Store:
