@@ -204,20 +204,21 @@ def notes(results: dict[str, Any]) -> list[str]:
 
 def ledger(figures: dict[str, Any]) -> list[str]:
     """The ``ledger`` section: the loop's time per flush, direct against through SQLAlchemy."""
-    out = [
-        f"usage ledger, a flush of {figures['rows']} rows: time on the event loop (main thread CPU)"
-    ]
+    out = ["usage ledger flush: time on the event loop (main thread CPU), p50 (max)"]
     for database in ("sqlite", "postgresql"):
-        row = figures.get(database) or {}
-        if "skipped" in row:
-            out.append(f"  {database}: skipped ({row['skipped']})")
+        rows = figures.get(database) or {}
+        if "skipped" in rows:
+            out.append(f"  {database}: skipped ({rows['skipped']})")
             continue
-        before, after = row["sqlalchemy"], row["direct"]
-        out.append(
-            f"  {database}: {after['loop_ms_p50']:.2f} ms (max {after['loop_ms_max']:.2f}) "
-            f"on its own connection, {before['loop_ms_p50']:.2f} ms "
-            f"(max {before['loop_ms_max']:.2f}) through SQLAlchemy: {row['x_sqlalchemy']:.2f}x"
-        )
+        for size in figures["batches"]:
+            row = rows[str(size)]
+            before, after = row["sqlalchemy"], row["direct"]
+            out.append(
+                f"  {database}, {size} rows: {after['loop_ms_p50']:.2f} ms "
+                f"({after['loop_ms_max']:.2f}) on its own connection, "
+                f"{before['loop_ms_p50']:.2f} ms ({before['loop_ms_max']:.2f}) through "
+                f"SQLAlchemy: {row['x_sqlalchemy']:.2f}x"
+            )
     return out
 
 

@@ -2,15 +2,17 @@
 
 Through SQLAlchemy a batch is a pool checkout (on PostgreSQL with a ping), ``BEGIN``, the
 insert, ``COMMIT`` and the pool's rollback as the connection goes back, each a step of Python
-on the event loop, and on SQLite each a hop to aiosqlite's thread and back. A flush of five
-rows held the loop for about 2.1 ms on either database (``time.thread_time()`` around
-``Accounts.record_usage``, Zen 3 EPYC), once a second, with every open stream's next token and
+on the event loop, and on SQLite each a hop to aiosqlite's thread and back. A flush held the
+loop for 1.5-2.4 ms on either database, once a second, with every open stream's next token and
 every arriving request waiting behind it. Here a batch is one step:
 
 * SQLite: a ``sqlite3`` connection on a thread of its own runs the whole transaction in one
-  hop, 0.25 ms on the loop;
+  hop: 0.27 ms on the loop for 5 rows, 0.37 for 250;
 * PostgreSQL: one connection, checked out once and held, takes asyncpg's ``executemany``
-  (atomic: asyncpg wraps it in a transaction), 0.55 ms on the loop.
+  (atomic: asyncpg wraps it in a transaction): 0.63 ms for 5 rows, 1.13 for 250 (asyncpg
+  encodes the rows on the loop).
+
+(``python -m bench --only ledger``, which measures both ways in one run; Zen 3 EPYC.)
 
 A connection that fails is let go; the next batch opens another, so a database that went away
 and came back is written to again (the ledger retries what failed).
