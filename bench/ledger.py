@@ -4,12 +4,12 @@ The ledger writes the streams that ended, once a second, in one batch; while the
 flush's Python, every open stream's next token and every arriving request waits. Measured in
 this process on the store tokenrelay opens, as the gateway's own loop runs it: the main
 thread's CPU time (``time.thread_time()``, which leaves out the database's own work on its
-thread or server) around ``Accounts.record_usage`` for batches of 5 and of 250 rows, 20 ms apart so each
-flush starts on caches other work has used, as the gateway's do. The baseline, measured in the
-same run, is the same batch through SQLAlchemy (``Store(direct=False)``), as every flush went
-before. SQLite on a temporary file, and PostgreSQL on a database of the bench's own where the
-server at ``TOKENRELAY_TEST_POSTGRES`` (default ``postgresql://postgres@127.0.0.1:5432/test``)
-answers.
+thread or server) around ``Accounts.record_usage``, for batches of 5 and of 250 rows, 20 ms
+apart so each flush starts on caches other work has used, as the gateway's do. The baseline,
+measured in the same run, is the same batch through SQLAlchemy (``Store(direct=False)``), as
+every flush went before. SQLite on a temporary file, and PostgreSQL on a database of the
+bench's own where the server at ``TOKENRELAY_TEST_POSTGRES`` (default
+``postgresql://postgres@127.0.0.1:5432/test``) answers.
 """
 
 from __future__ import annotations
