@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -478,3 +479,34 @@ async def test_a_new_sqlite_database_is_readable_by_its_owner_only(tmp_path: Pat
 
     assert modes["fresh.db"] == 0o600
     assert all(mode & 0o077 == 0 for mode in modes.values()), modes
+
+
+async def test_a_websocket_turn_read_to_its_end_finds_its_reply_stored_however_slow_the_store(
+    http: aiohttp.ClientSession, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same order on the WebSocket wire: the turn's ``done`` comes once its reply is
+    stored."""
+    finish_reply = Store.finish_reply
+
+    async def slow_finish(self: Store, *args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.3)
+        return await finish_reply(self, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "finish_reply", slow_finish)
+    async with serve(database_url=database_url) as gateway:
+        cid = await create(http, gateway)
+        async with http.ws_connect(f"{gateway.ws_url}/ws/chat?conversation_id={cid}") as ws:
+            body = {"content": "question", "script": {"text": "stored first"}}
+            await ws.send_str(orjson.dumps(body).decode())
+            frames = []
+            while not frames or frames[-1]["type"] not in ("done", "error"):
+                frames.append(orjson.loads((await ws.receive()).data))
+            listed = await messages(http, gateway, cid)
+    assert frames[-1]["type"] == "done", frames[-1]
+    assert "".join(f["content"] for f in frames if f["type"] == "token") == "stored first"
+    reply = listed[-1]
+    assert (reply["role"], reply["status"], reply["content"]) == (
+        "assistant",
+        "complete",
+        "stored first",
+    )

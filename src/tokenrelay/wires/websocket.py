@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal, assert_never
 
 import orjson
@@ -33,6 +34,7 @@ from tokenrelay import errors
 from tokenrelay.chat import ChatOptions, ChatRequest, Message
 from tokenrelay.conversations.service import Turn
 from tokenrelay.events import (
+    TERMINAL,
     Event,
     Failed,
     Finish,
@@ -187,7 +189,15 @@ class ChatSocket:
             conversations = services_of(self.websocket).conversations
             stored = Turn(turn.content, turn.model, options)
             started = await conversations.take_turn(self.owner, conversation_id, stored)
-            self._follow(started.stream, 0, turn=None)
+            reply_id = started.reply.id
+            # The turn's last frame only once its reply is stored, as on the HTTP wire: a
+            # client that lists the messages after it never finds the reply still streaming.
+            self._follow(
+                started.stream,
+                0,
+                turn=None,
+                before_end=lambda: conversations.reply_stored(reply_id),
+            )
             return
         limits = self.settings.limits
         user = Message(role="user", content=turn.content)
@@ -200,12 +210,24 @@ class ChatSocket:
         )
         self._follow(stream, 0, turn=user)
 
-    def _follow(self, stream: Stream, offset: int, turn: Message | None) -> None:
+    def _follow(
+        self,
+        stream: Stream,
+        offset: int,
+        turn: Message | None,
+        before_end: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self._check_idle()
         self.current = stream
-        self.follower = asyncio.create_task(self._relay(stream, offset, turn))
+        self.follower = asyncio.create_task(self._relay(stream, offset, turn, before_end))
 
-    async def _relay(self, stream: Stream, offset: int, turn: Message | None) -> None:
+    async def _relay(
+        self,
+        stream: Stream,
+        offset: int,
+        turn: Message | None,
+        before_end: Callable[[], Awaitable[None]] | None,
+    ) -> None:
         log = stream.log
         stream.attach()
         try:
@@ -213,6 +235,8 @@ class ChatSocket:
                 if len(log) > offset:
                     batch = log.read(offset, MAX_WRITE_CHARS)
                     for event_id, event in coalesce(batch, offset + 1):
+                        if before_end is not None and isinstance(event, TERMINAL):
+                            await before_end()
                         await self.send(to_message(event_id, event))
                     offset += len(batch)
                     continue
