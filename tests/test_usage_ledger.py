@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 from sqlalchemy import select, text
@@ -137,5 +138,34 @@ async def test_a_held_postgres_connection_that_dies_is_replaced(postgres_databas
         await ledger.flush()  # fails on the dead connection, and keeps the row
         await ledger.flush()
         assert await _requests_of(accounts, owner) == 2
+    finally:
+        await store.close()
+
+
+async def test_closing_the_ledger_mid_write_stores_each_row_once(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shutdown comes while a batch is being written (here: committed, its answer not yet
+    back): the batch is finished, not cut off and written again by the last flush."""
+    store = await Store.open(database_url)
+    try:
+        accounts = Accounts(store)
+        owner = f"fay-{secrets.token_hex(4)}"
+        committed = asyncio.Event()
+        insert_many = Store.insert_many
+
+        async def slow_answer(self: Store, *args: Any) -> None:
+            await insert_many(self, *args)
+            committed.set()
+            await asyncio.sleep(0.2)
+
+        monkeypatch.setattr(Store, "insert_many", slow_answer)
+        ledger = Ledger(accounts, interval=0.01)
+        ledger.start()
+        for i in range(3):
+            ledger.add(_usage(owner, f"str_{i}{owner}"))
+        await asyncio.wait_for(committed.wait(), 5)
+        await ledger.aclose()
+        assert await _requests_of(accounts, owner) == 3
     finally:
         await store.close()

@@ -29,6 +29,7 @@ class Ledger:
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
 
     def add(self, row: StreamUsage) -> None:
         if len(self._pending) >= MAX_PENDING:
@@ -43,7 +44,7 @@ class Ledger:
         self._task = asyncio.create_task(self._run(), name="usage-ledger")
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.interval):
                     await self._wake.wait()
@@ -63,8 +64,11 @@ class Ledger:
                 del self._pending[: len(rows)]
 
     async def aclose(self) -> None:
+        """Write what is left. A batch being written is let finish, never cancelled: its
+        transaction may already be committed, and the rows, still pending here, would be written
+        a second time by the last flush."""
+        self._closing = True
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._task
         await self.flush()
