@@ -20,8 +20,6 @@ import secrets
 import statistics
 import tempfile
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from tokenrelay.store import schema
 from tokenrelay.store.accounts import Accounts, StreamUsage
 from tokenrelay.store.engine import create_engine
 from tokenrelay.store.repository import Store
+from tokenrelay.testing.databases import scratch_postgres
 
 # A quiet gateway's batch, and a busy one's (250 streams ending a second).
 BATCHES = (5, 250)
@@ -44,7 +43,7 @@ async def measure() -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder:
         out["sqlite"] = await _both(f"sqlite:///{Path(folder) / 'ledger.db'}")
     try:
-        async with _postgres_database() as url:
+        async with scratch_postgres(POSTGRES, "tokenrelay_bench") as url:
             out["postgresql"] = await _both(url)
     except (OSError, ImportError) as exc:
         out["postgresql"] = {"skipped": f"no PostgreSQL server: {exc}"}
@@ -101,24 +100,3 @@ async def _flushes(accounts: Accounts, size: int) -> dict[str, float]:
         "loop_ms_max": max(loop_ms),
         "wall_ms_p50": statistics.median(wall_ms),
     }
-
-
-@asynccontextmanager
-async def _postgres_database() -> AsyncIterator[str]:
-    import asyncpg
-    from sqlalchemy.engine import make_url
-
-    name = f"tokenrelay_bench_{secrets.token_hex(6)}"
-    admin = await asyncpg.connect(POSTGRES, timeout=3)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield make_url(POSTGRES).set(database=name).render_as_string(hide_password=False)
-    finally:
-        admin = await asyncpg.connect(POSTGRES, timeout=3)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()

@@ -1,18 +1,17 @@
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
 from tests.processes import upgraded
 from tokenrelay.client import Client
 from tokenrelay.store.engine import create_engine
+from tokenrelay.testing.databases import scratch_postgres
 
 # The server the PostgreSQL store tests run on; each run makes (and drops) its own database.
 POSTGRES_ADMIN = os.environ.get(
@@ -50,22 +49,8 @@ async def default_database(tmp_path_factory: pytest.TempPathFactory) -> AsyncIte
 @pytest.fixture(scope="session")
 async def postgres_database() -> AsyncIterator[str]:
     """A database of its own on the PostgreSQL server, so concurrent runs never collide."""
-    import asyncpg  # only where PostgreSQL is used: tests/unit runs without it
-
-    name = f"tokenrelay_test_{secrets.token_hex(6)}"
-    admin = await asyncpg.connect(POSTGRES_ADMIN)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield make_url(POSTGRES_ADMIN).set(database=name).render_as_string(hide_password=False)
-    finally:
-        admin = await asyncpg.connect(POSTGRES_ADMIN)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+    async with scratch_postgres(POSTGRES_ADMIN, "tokenrelay_test") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -66,11 +66,9 @@ async def until_stored(store: Store, cid: str, count: int) -> list[MessageRecord
     return await until_value(listed, lambda items: len(items) >= count)
 
 
-async def test_a_turn_read_to_its_end_finds_its_reply_stored_however_slow_the_store(
-    http: aiohttp.ClientSession, database_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The reply's end is written by a task of its own; the stream's end waits for it, so a
-    client that lists the messages right after the stream ends never finds it streaming."""
+@pytest.fixture
+def slow_reply_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store that takes 0.3 s to write a reply's end, longer than its stream's last write."""
     finish_reply = Store.finish_reply
 
     async def slow_finish(self: Store, *args: Any, **kwargs: Any) -> Any:
@@ -78,6 +76,14 @@ async def test_a_turn_read_to_its_end_finds_its_reply_stored_however_slow_the_st
         return await finish_reply(self, *args, **kwargs)
 
     monkeypatch.setattr(Store, "finish_reply", slow_finish)
+
+
+@pytest.mark.usefixtures("slow_reply_store")
+async def test_a_turn_read_to_its_end_finds_its_reply_stored_however_slow_the_store(
+    http: aiohttp.ClientSession, database_url: str
+) -> None:
+    """The reply's end is written by a task of its own; the stream's end waits for it, so a
+    client that lists the messages right after the stream ends never finds it streaming."""
     async with serve(database_url=database_url) as gateway:
         cid = await create(http, gateway)
         events = await post_turn(http, gateway, cid, turn("question", text="stored first"))
@@ -481,18 +487,12 @@ async def test_a_new_sqlite_database_is_readable_by_its_owner_only(tmp_path: Pat
     assert all(mode & 0o077 == 0 for mode in modes.values()), modes
 
 
+@pytest.mark.usefixtures("slow_reply_store")
 async def test_a_websocket_turn_read_to_its_end_finds_its_reply_stored_however_slow_the_store(
-    http: aiohttp.ClientSession, database_url: str, monkeypatch: pytest.MonkeyPatch
+    http: aiohttp.ClientSession, database_url: str
 ) -> None:
     """The same order on the WebSocket wire: the turn's ``done`` comes once its reply is
     stored."""
-    finish_reply = Store.finish_reply
-
-    async def slow_finish(self: Store, *args: Any, **kwargs: Any) -> Any:
-        await asyncio.sleep(0.3)
-        return await finish_reply(self, *args, **kwargs)
-
-    monkeypatch.setattr(Store, "finish_reply", slow_finish)
     async with serve(database_url=database_url) as gateway:
         cid = await create(http, gateway)
         async with http.ws_connect(f"{gateway.ws_url}/ws/chat?conversation_id={cid}") as ws:

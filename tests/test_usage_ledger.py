@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -69,13 +71,20 @@ async def _requests_of(accounts: Accounts, owner: str) -> int:
     return sum(row.requests for row in await accounts.usage(user=owner))
 
 
+@asynccontextmanager
+async def _accounts(url: str) -> AsyncIterator[tuple[Store, Accounts, str]]:
+    """The store at ``url``, its accounts, and an owner's name no other test uses."""
+    store = await Store.open(url)
+    try:
+        yield store, Accounts(store), f"owner-{secrets.token_hex(4)}"
+    finally:
+        await store.close()
+
+
 async def test_a_batch_the_database_refuses_writes_none_of_its_rows_and_the_writer_goes_on(
     database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = await Store.open(database_url)
-    try:
-        accounts = Accounts(store)
-        owner = f"cy-{secrets.token_hex(4)}"
+    async with _accounts(database_url) as (store, accounts, owner):
         ledger = Ledger(accounts)
         ledger.add(_usage(owner, f"str_ok{owner}"))
         await ledger.flush()
@@ -90,17 +99,12 @@ async def test_a_batch_the_database_refuses_writes_none_of_its_rows_and_the_writ
         # The writer's connection is usable after the failure.
         await Accounts(store).record_usage([accounts.usage_row(_usage(owner, f"str_c{owner}"))])
         assert await _requests_of(accounts, owner) == 2
-    finally:
-        await store.close()
 
 
 async def test_the_ledger_takes_its_turn_among_the_stores_other_writers(database_url: str) -> None:
     """On SQLite one writer at a time: batches on the ledger's own connection and the store's
     writes through SQLAlchemy interleave without a "database is locked"."""
-    store = await Store.open(database_url)
-    try:
-        accounts = Accounts(store)
-        owner = f"dee-{secrets.token_hex(4)}"
+    async with _accounts(database_url) as (store, accounts, owner):
 
         async def batches() -> None:
             for i in range(20):
@@ -114,16 +118,10 @@ async def test_the_ledger_takes_its_turn_among_the_stores_other_writers(database
         await asyncio.gather(batches(), conversations(), batches())
         assert await _requests_of(accounts, owner) == 200
         assert len((await store.list_conversations(owner, limit=100)).items) == 20
-    finally:
-        await store.close()
 
 
 async def test_a_held_postgres_connection_that_dies_is_replaced(postgres_database: str) -> None:
-    url = await upgraded(postgres_database)
-    store = await Store.open(url)
-    try:
-        accounts = Accounts(store)
-        owner = f"eve-{secrets.token_hex(4)}"
+    async with _accounts(await upgraded(postgres_database)) as (store, accounts, owner):
         ledger = Ledger(accounts)
         ledger.add(_usage(owner, f"str_1{owner}"))
         await ledger.flush()
@@ -138,8 +136,6 @@ async def test_a_held_postgres_connection_that_dies_is_replaced(postgres_databas
         await ledger.flush()  # fails on the dead connection, and keeps the row
         await ledger.flush()
         assert await _requests_of(accounts, owner) == 2
-    finally:
-        await store.close()
 
 
 async def test_closing_the_ledger_mid_write_stores_each_row_once(
@@ -147,19 +143,16 @@ async def test_closing_the_ledger_mid_write_stores_each_row_once(
 ) -> None:
     """Shutdown comes while a batch is being written (here: committed, its answer not yet
     back): the batch is finished, not cut off and written again by the last flush."""
-    store = await Store.open(database_url)
-    try:
-        accounts = Accounts(store)
-        owner = f"fay-{secrets.token_hex(4)}"
-        committed = asyncio.Event()
-        insert_many = Store.insert_many
+    committed = asyncio.Event()
+    insert_many = Store.insert_many
 
-        async def slow_answer(self: Store, *args: Any) -> None:
-            await insert_many(self, *args)
-            committed.set()
-            await asyncio.sleep(0.2)
+    async def slow_answer(self: Store, *args: Any) -> None:
+        await insert_many(self, *args)
+        committed.set()
+        await asyncio.sleep(0.2)
 
-        monkeypatch.setattr(Store, "insert_many", slow_answer)
+    monkeypatch.setattr(Store, "insert_many", slow_answer)
+    async with _accounts(database_url) as (_, accounts, owner):
         ledger = Ledger(accounts, interval=0.01)
         ledger.start()
         for i in range(3):
@@ -167,5 +160,3 @@ async def test_closing_the_ledger_mid_write_stores_each_row_once(
         await asyncio.wait_for(committed.wait(), 5)
         await ledger.aclose()
         assert await _requests_of(accounts, owner) == 3
-    finally:
-        await store.close()
