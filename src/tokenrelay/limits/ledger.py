@@ -70,5 +70,6 @@ class Ledger:
         self._closing = True
         self._wake.set()
         if self._task is not None:
-            await self._task
+            # Returns whatever became of the task (cancelled by someone else, even).
+            await asyncio.wait([self._task])
         await self.flush()
