@@ -15,7 +15,6 @@ bench's own where the server at ``TOKENRELAY_TEST_POSTGRES`` (default
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import statistics
 import tempfile
@@ -28,14 +27,13 @@ from tokenrelay.store import schema
 from tokenrelay.store.accounts import Accounts, StreamUsage
 from tokenrelay.store.engine import create_engine
 from tokenrelay.store.repository import Store
-from tokenrelay.testing.databases import scratch_postgres
+from tokenrelay.testing.databases import ADMIN_URL, scratch_postgres
 
 # A quiet gateway's batch, and a busy one's (250 streams ending a second).
 BATCHES = (5, 250)
 FLUSHES = 40
 WARMUP = 5
 APART = 0.02
-POSTGRES = os.environ.get("TOKENRELAY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 async def measure() -> dict[str, Any]:
@@ -43,7 +41,7 @@ async def measure() -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder:
         out["sqlite"] = await _both(f"sqlite:///{Path(folder) / 'ledger.db'}")
     try:
-        async with scratch_postgres(POSTGRES, "tokenrelay_bench") as url:
+        async with scratch_postgres(ADMIN_URL, "tokenrelay_bench") as url:
             out["postgresql"] = await _both(url)
     except (OSError, ImportError) as exc:
         out["postgresql"] = {"skipped": f"no PostgreSQL server: {exc}"}

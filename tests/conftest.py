@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,12 +10,7 @@ from sqlalchemy import text
 from tests.processes import upgraded
 from tokenrelay.client import Client
 from tokenrelay.store.engine import create_engine
-from tokenrelay.testing.databases import scratch_postgres
-
-# The server the PostgreSQL store tests run on; each run makes (and drops) its own database.
-POSTGRES_ADMIN = os.environ.get(
-    "TOKENRELAY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
-)
+from tokenrelay.testing.databases import ADMIN_URL, scratch_postgres
 
 
 @pytest.fixture
@@ -49,7 +43,7 @@ async def default_database(tmp_path_factory: pytest.TempPathFactory) -> AsyncIte
 @pytest.fixture(scope="session")
 async def postgres_database() -> AsyncIterator[str]:
     """A database of its own on the PostgreSQL server, so concurrent runs never collide."""
-    async with scratch_postgres(POSTGRES_ADMIN, "tokenrelay_test") as url:
+    async with scratch_postgres(ADMIN_URL, "tokenrelay_test") as url:
         yield url
 
 

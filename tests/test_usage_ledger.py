@@ -84,7 +84,7 @@ async def _accounts(url: str) -> AsyncIterator[tuple[Store, Accounts, str]]:
 async def test_a_batch_the_database_refuses_writes_none_of_its_rows_and_the_writer_goes_on(
     database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with _accounts(database_url) as (store, accounts, owner):
+    async with _accounts(database_url) as (_, accounts, owner):
         ledger = Ledger(accounts)
         ledger.add(_usage(owner, f"str_ok{owner}"))
         await ledger.flush()
@@ -97,7 +97,7 @@ async def test_a_batch_the_database_refuses_writes_none_of_its_rows_and_the_writ
         # All or nothing: neither good row of the refused batch is in the table.
         assert await _requests_of(accounts, owner) == 1
         # The writer's connection is usable after the failure.
-        await Accounts(store).record_usage([accounts.usage_row(_usage(owner, f"str_c{owner}"))])
+        await accounts.record_usage([accounts.usage_row(_usage(owner, f"str_c{owner}"))])
         assert await _requests_of(accounts, owner) == 2
 
 

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tokenrelay.store.bulk import Row
-from tokenrelay.store.engine import SQLITE_PRAGMAS
+from tokenrelay.store.engine import SQLITE_PRAGMAS, sqlite_file
 
 
 class DirectWriter(Protocol):
@@ -43,11 +43,8 @@ def direct_writer(engine: AsyncEngine) -> DirectWriter | None:
     (an in-memory or URI-named SQLite database is private to the connection that opened it)."""
     if engine.dialect.name == "postgresql":
         return HeldConnection(engine)
-    database = engine.url.database
-    if engine.dialect.name == "sqlite" and database and database != ":memory:":
-        if not database.startswith("file:"):
-            return SQLiteThread(database)
-    return None
+    path = sqlite_file(engine.url.database) if engine.dialect.name == "sqlite" else None
+    return SQLiteThread(path) if path is not None else None
 
 
 class SQLiteThread:

@@ -63,10 +63,19 @@ def create_engine(raw_url: str, **options: Any) -> AsyncEngine:
     return create_async_engine(url, pool_pre_ping=True, **options)
 
 
+def sqlite_file(database: str | None) -> str | None:
+    """The file an SQLite URL's database is, or None for one private to the connection that
+    opens it (in memory) or named by a URI."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return database
+
+
 def _create_private(database: str | None) -> None:
     """Create the database file readable by its owner only (SQLite gives its -wal and -shm
     files the same mode); SQLite itself would create it world-readable under a usual umask."""
-    if not database or database == ":memory:" or database.startswith("file:"):
+    database = sqlite_file(database)
+    if database is None:
         return
     # A missing folder is SQLite's to report, as it would without this.
     with contextlib.suppress(FileExistsError, FileNotFoundError):

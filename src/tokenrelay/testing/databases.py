@@ -3,11 +3,15 @@ that runs sharing a server never see each other's rows."""
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from sqlalchemy.engine import make_url
+
+# The server the PostgreSQL tests and the bench run on, in a database of their own each.
+ADMIN_URL = os.environ.get("TOKENRELAY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 @asynccontextmanager
