@@ -4,10 +4,13 @@ value as written, read back through the same models the admin usage endpoint rea
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +19,7 @@ from sqlalchemy import select, text
 from tests.processes import upgraded
 from tokenrelay.limits.ledger import Ledger
 from tokenrelay.store.accounts import Accounts, StreamUsage, usage_records
-from tokenrelay.store.direct import HeldConnection
+from tokenrelay.store.direct import LOWEST_PRIORITY, HeldConnection, SQLiteThread
 from tokenrelay.store.repository import Store
 
 
@@ -118,6 +121,23 @@ async def test_the_ledger_takes_its_turn_among_the_stores_other_writers(database
         await asyncio.gather(batches(), conversations(), batches())
         assert await _requests_of(accounts, owner) == 200
         assert len((await store.list_conversations(owner, limit=100)).items) == 20
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="niceness is per thread on Linux only")
+async def test_the_sqlite_writer_yields_the_cpu_to_the_event_loop(tmp_path: Path) -> None:
+    url = await upgraded(f"sqlite:///{tmp_path / 'store.db'}")
+    async with _accounts(url) as (store, accounts, owner):
+        ledger = Ledger(accounts)
+        ledger.add(_usage(owner, f"str_1{owner}"))
+        await ledger.flush()
+        writer = store._direct
+        assert isinstance(writer, SQLiteThread)
+        loop = asyncio.get_running_loop()
+        # ``who`` 0 is the calling thread: the writer's own, then the loop's.
+        nice = await loop.run_in_executor(writer._thread, os.getpriority, os.PRIO_PROCESS, 0)
+        assert nice == LOWEST_PRIORITY
+        assert os.getpriority(os.PRIO_PROCESS, 0) < LOWEST_PRIORITY
+        assert await _requests_of(accounts, owner) == 1
 
 
 async def test_a_held_postgres_connection_that_dies_is_replaced(postgres_database: str) -> None:
