@@ -510,3 +510,32 @@ async def test_a_websocket_turn_read_to_its_end_finds_its_reply_stored_however_s
         "complete",
         "stored first",
     )
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct-writer", "sqlalchemy"])
+async def test_the_sweep_interrupts_exactly_the_replies_whose_lease_ran_out(
+    database_url: str, direct: bool
+) -> None:
+    # Both ways the sweep can run: in one step on the store's own connection, or through
+    # SQLAlchemy; the lease's timestamp compares the same either way, on either database.
+    store = Store(create_engine(database_url), direct=direct)
+    try:
+        conversation = await store.create_conversation(None)
+
+        async def reply(lease: float) -> str:
+            started = await store.start_reply(
+                conversation.id, model="m", stream_id=f"str_{lease}", lease=lease
+            )
+            return started.id
+
+        lapsed, live, renewed, finished = [await reply(lease) for lease in (-5, 60, -4, -3)]
+        await store.renew_replies([renewed], 60)
+        await store.finish_reply(finished, content="done", status="complete")
+
+        assert await store.interrupt_streaming() == 1
+        statuses = [(await stored_message(store, i)).status for i in (lapsed, live, renewed)]
+        assert statuses == ["interrupted", "streaming", "streaming"]
+        assert (await stored_message(store, finished)).status == "complete"
+        assert await store.interrupt_streaming() == 0
+    finally:
+        await store.close()

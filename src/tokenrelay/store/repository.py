@@ -19,6 +19,7 @@ from sqlalchemy import (
     ColumnElement,
     Table,
     and_,
+    bindparam,
     delete,
     func,
     insert,
@@ -32,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tokenrelay import errors
 from tokenrelay.store import schema
-from tokenrelay.store.bulk import BulkInsert, Row
+from tokenrelay.store.bulk import BulkInsert, Prepared, Row
 from tokenrelay.store.direct import DirectWriter, direct_writer
 from tokenrelay.store.engine import WRITE, create_engine
 from tokenrelay.store.models import ConversationRow, MessageRow, MessageStatus, utcnow
@@ -47,6 +48,15 @@ REOPENABLE = ("streaming", "interrupted")
 RENEW_BATCH = 500
 conversations = cast(Table, ConversationRow.__table__)
 messages = cast(Table, MessageRow.__table__)
+# Replies left streaming past their lease (Store.interrupt_streaming).
+_INTERRUPT_LAPSED = (
+    update(messages)
+    .where(
+        messages.c.status == "streaming",
+        or_(messages.c.lease_until.is_(None), messages.c.lease_until < bindparam("now")),
+    )
+    .values(status="interrupted", updated_at=bindparam("now"))
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +120,7 @@ class Store:
         self._writer = asyncio.Lock() if engine.dialect.name == "sqlite" else None
         # Batches of inserts go around SQLAlchemy's per-write path (store.direct says why).
         self._direct: DirectWriter | None = direct_writer(engine) if direct else None
+        self._sweep = Prepared(_INTERRUPT_LAPSED, engine.dialect)
 
     @classmethod
     async def open(cls, url: str, *, check_schema: bool = True) -> Store:
@@ -387,6 +398,8 @@ class Store:
         """Extend this instance's leases on the replies it is streaming."""
         until = utcnow() + timedelta(seconds=lease)
         ids = list(message_ids)
+        if not ids:
+            return
         async with self._write() as connection:
             for start in range(0, len(ids), RENEW_BATCH):
                 await connection.execute(
@@ -440,19 +453,16 @@ class Store:
         """Mark ``interrupted`` the replies left ``streaming`` past their lease, keeping their text.
 
         Their instance stopped (a crash, a kill -9) without ending them; replies that live
-        instances are streaming keep renewing their leases and are left alone.
+        instances are streaming keep renewing their leases and are left alone. Every instance
+        runs this every third of a lease, busy or idle: on the direct writer it is one step.
         """
-        now = utcnow()
-        async with self._write() as connection:
-            result = await connection.execute(
-                update(messages)
-                .where(
-                    messages.c.status == "streaming",
-                    or_(messages.c.lease_until.is_(None), messages.c.lease_until < now),
-                )
-                .values(status="interrupted", updated_at=now)
-            )
-        return int(result.rowcount)
+        values = {"now": utcnow()}
+        if self._direct is None:
+            async with self._write() as connection:
+                result = await connection.execute(self._sweep.statement, values)
+            return int(result.rowcount)
+        async with self._writer or contextlib.nullcontext():
+            return await self._direct.execute(self._sweep.sql, self._sweep.parameters(values))
 
 
 async def _conversation(
