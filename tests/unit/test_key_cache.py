@@ -26,11 +26,13 @@ class KeyTable:
     def __init__(self, record: KeyRecord) -> None:
         self.record: KeyRecord | None = record
         self.lookups = 0
+        self.in_background = 0
         self.gate = asyncio.Event()
         self.gate.set()
 
-    async def key_by_hash(self, key_hash: str) -> KeyRecord | None:
+    async def key_by_hash(self, key_hash: str, *, background: bool = False) -> KeyRecord | None:
         self.lookups += 1
+        self.in_background += background
         await self.gate.wait()
         return self.record if self.record is not None and self.record.key_hash == key_hash else None
 
@@ -73,6 +75,8 @@ async def test_a_key_in_use_is_read_again_before_it_runs_out_and_never_waited_fo
     assert principal.user == "ada"
     await settle()
     assert table.lookups == 2
+    # Read again on the store's own connection: the request's own lookup was not.
+    assert table.in_background == 1
     # One read again at a time, however many requests come meanwhile.
     await checker.authenticate(secret)
     await settle()

@@ -133,7 +133,7 @@ class Authenticator:
     async def _refresh(self, digest: str, token: str) -> None:
         try:
             read_at = time.monotonic()
-            found = await self.accounts.key_by_hash(digest)
+            found = await self.accounts.key_by_hash(digest, background=True)
         except Exception:
             # The entry runs out as it would have; the next use then says the database failed.
             logger.exception("looking up an API key again failed")

@@ -8,7 +8,7 @@ or as estimated when it reported none), summed per user for the admin usage endp
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, cast
@@ -21,6 +21,7 @@ from sqlalchemy import (
     Integer,
     String,
     Table,
+    bindparam,
     func,
     insert,
     or_,
@@ -31,7 +32,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import Mapped, mapped_column
 
-from tokenrelay.store.bulk import BulkInsert, Row
+from tokenrelay.store.bulk import BulkInsert, Prepared, Row
 from tokenrelay.store.models import Base, UTCDateTime, utcnow
 from tokenrelay.store.repository import Store
 
@@ -140,8 +141,7 @@ class UserUsage:
         return self.prompt_tokens + self.completion_tokens
 
 
-def _key(row: Any) -> KeyRecord:
-    fields = row._mapping
+def _key(fields: Mapping[Any, Any]) -> KeyRecord:
     return KeyRecord(
         id=fields["id"],
         prefix=fields["prefix"],
@@ -162,6 +162,8 @@ class Accounts:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._insert_usage = BulkInsert(usage_records, _USAGE_COLUMNS, store.engine.dialect)
+        by_hash = select(api_keys).where(api_keys.c.key_hash == bindparam("key_hash"))
+        self._key_by_hash = Prepared(by_hash, store.engine.dialect)
 
     async def ensure_user(self, user_id: str) -> None:
         """Create the user unless it exists (users appear on first use)."""
@@ -196,14 +198,19 @@ class Accounts:
             await _ensure_user(connection, owner)
             await connection.execute(insert(api_keys).values(**values))
             row = (await connection.execute(select(api_keys).where(api_keys.c.id == key_id))).one()
-        return _key(row)
+        return _key(row._mapping)
 
-    async def key_by_hash(self, key_hash: str) -> KeyRecord | None:
+    async def key_by_hash(self, key_hash: str, *, background: bool = False) -> KeyRecord | None:
+        """``background``: a key read again before its cache runs out, which no request waits
+        for, goes on the store's own connection (:meth:`Store.read_one`); a request's lookup
+        takes a pooled connection of its own, so a burst of new keys is read in parallel."""
+        values = {"key_hash": key_hash}
+        if background:
+            fields = await self.store.read_one(self._key_by_hash, values)
+            return None if fields is None else _key(fields)
         async with self.store.engine.connect() as connection:
-            row = (
-                await connection.execute(select(api_keys).where(api_keys.c.key_hash == key_hash))
-            ).first()
-        return None if row is None else _key(row)
+            row = (await connection.execute(self._key_by_hash.statement, values)).first()
+        return None if row is None else _key(row._mapping)
 
     async def list_keys(
         self, *, owner: str | None = None, include_revoked: bool = False
@@ -215,7 +222,7 @@ class Accounts:
             query = query.where(api_keys.c.revoked_at.is_(None))
         async with self.store.engine.connect() as connection:
             rows = (await connection.execute(query)).all()
-        return [_key(row) for row in rows]
+        return [_key(row._mapping) for row in rows]
 
     async def revoke_key(self, key: str, *, by_prefix: bool = False) -> KeyRecord | None:
         """Revoke the key with this id (or, ``by_prefix``, the one key with this prefix)."""
@@ -233,7 +240,7 @@ class Accounts:
                 .values(revoked_at=utcnow())
             )
             row = (await connection.execute(select(api_keys).where(api_keys.c.id == key_id))).one()
-        return _key(row)
+        return _key(row._mapping)
 
     async def any_usable_key(self) -> bool:
         now = utcnow()

@@ -9,8 +9,9 @@ columns' bind processors are found once, and each row is converted when it is ma
 (:meth:`BulkInsert.row`), so a flush only hands the driver tuples that are ready: the same
 values SQLAlchemy would have sent, its conversions included.
 
-:class:`Prepared` does the same for one statement run now and then (the sweep for replies
-whose instance died), which :mod:`tokenrelay.store.direct` then runs in one step.
+:class:`Prepared` does the same for one statement run now and then in the background (the sweep
+for replies whose instance died, a cached key read again), which :mod:`tokenrelay.store.direct`
+then runs in one step, and reads the rows of a query back as SQLAlchemy would.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Table, bindparam, insert
+from sqlalchemy import Select, Table, bindparam, insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.compiler import Compiled, SQLCompiler
@@ -80,17 +81,33 @@ class BulkInsert:
 
 
 class Prepared:
-    """``statement`` for ``dialect``: its SQL, and :meth:`parameters` as the driver takes them.
+    """``statement`` for ``dialect``: its SQL, :meth:`parameters` as the driver takes them, and
+    for a query, :meth:`record` to read a row the driver gave back.
 
     Its literals are parameters too (SQLAlchemy binds them): they keep their values.
     """
 
-    def __init__(self, statement: UpdateBase, dialect: Dialect) -> None:
+    def __init__(self, statement: UpdateBase | Select[Any], dialect: Dialect) -> None:
         self.statement = statement
         self._compiled, self._names = _positional(statement, dialect)
         self.sql = str(self._compiled)
         self._processors = _processors(self._compiled, self._names, dialect)
+        columns = list(statement.selected_columns) if isinstance(statement, Select) else []
+        self._columns = [str(column.key) for column in columns]
+        self._readers: list[tuple[int, Processor]] = []
+        for position, column in enumerate(columns):
+            # The dialect's conversion (SQLite's DATETIME reads text), then a decorator's.
+            read = column.type.dialect_impl(dialect).result_processor(dialect, None)
+            if read is not None:
+                self._readers.append((position, read))
 
     def parameters(self, values: Mapping[str, Any]) -> Row:
         merged = self._compiled.construct_params(dict(values))
         return _convert([merged[name] for name in self._names], self._processors)
+
+    def record(self, row: Sequence[Any]) -> dict[str, Any]:
+        """A row of the query as SQLAlchemy would have read it, by column name."""
+        values = list(row)
+        for position, read in self._readers:
+            values[position] = read(values[position])
+        return dict(zip(self._columns, values, strict=True))

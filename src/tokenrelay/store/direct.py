@@ -1,5 +1,6 @@
-"""A connection of the store's own for its background writes, beside SQLAlchemy: the usage
-ledger's batches of inserts, and the sweep for replies whose instance died.
+"""A connection of the store's own for its background work, beside SQLAlchemy: the usage
+ledger's batches of inserts, the sweep for replies whose instance died, and cached keys read
+again before they run out.
 
 Through SQLAlchemy a batch is a pool checkout (on PostgreSQL with a ping), ``BEGIN``, the
 insert, ``COMMIT`` and the pool's rollback as the connection goes back, each a step of Python
@@ -22,9 +23,10 @@ tokens that arrived during a write waited behind it (paired added time to first 
 ms during a write against 0.6-0.7 otherwise; 0.68 during a write at nice 19, Zen 5). The GIL
 keeps it from starving: a thread that waits for it is handed it within the switch interval.
 
-The sweep runs every third of ``reply_lease`` on every instance, also when it is idle. Through
-SQLAlchemy and aiosqlite it was 1.2 ms on the loop and about 45 thread switches each time, two
-thirds of an idle gateway's wakeups; here it is one step.
+The sweep runs every third of ``reply_lease`` on every instance, also when it is idle, and a key
+in use is read again every half ``key_cache_ttl``. Through SQLAlchemy and aiosqlite each was
+1.1-1.2 ms on the loop and 20-45 thread switches; the sweep made two thirds of an idle gateway's
+wakeups. Here each is one step.
 
 A connection that fails is let go; the next batch opens another, so a database that went away
 and came back is written to again (the ledger retries what failed).
@@ -47,17 +49,20 @@ from tokenrelay.store.bulk import Row
 from tokenrelay.store.engine import SQLITE_PRAGMAS, sqlite_file
 
 
-class DirectWriter(Protocol):
+class DirectConnection(Protocol):
     async def insert_many(self, sql: str, rows: list[Row]) -> None:
         """Run ``sql`` once per row, all rows or none."""
 
     async def execute(self, sql: str, parameters: Row) -> int:
         """Run ``sql`` once, in a transaction of its own; how many rows it changed."""
 
+    async def fetch_one(self, sql: str, parameters: Row) -> Row | None:
+        """The first row of the query ``sql``, as the driver gives it, or None."""
+
     async def close(self) -> None: ...
 
 
-def direct_writer(engine: AsyncEngine) -> DirectWriter | None:
+def direct_connection(engine: AsyncEngine) -> DirectConnection | None:
     """The writer for ``engine``'s database, or None where only SQLAlchemy's path can reach it
     (an in-memory or URI-named SQLite database is private to the connection that opened it)."""
     if engine.dialect.name == "postgresql":
@@ -94,9 +99,22 @@ class SQLiteThread:
     async def execute(self, sql: str, parameters: Row) -> int:
         return await self._in_transaction(sqlite3.Connection.execute, sql, parameters)
 
+    async def fetch_one(self, sql: str, parameters: Row) -> Row | None:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._fetch_one, sql, parameters)
+
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._thread, self._let_go)
         self._thread.shutdown(wait=False)
+
+    def _fetch_one(self, sql: str, parameters: Row) -> Row | None:
+        connection = self._connection or self._connect()
+        try:
+            row: Row | None = connection.execute(sql, parameters).fetchone()
+        except BaseException:
+            self._let_go()
+            raise
+        return row
 
     async def _in_transaction(self, run: Statement, sql: str, parameters: Any) -> int:
         loop = asyncio.get_running_loop()
@@ -146,6 +164,11 @@ class HeldConnection:
             # asyncpg answers with the command's tag: "UPDATE 3".
             status: str = await driver.execute(sql, *parameters)
         return int(status.rsplit(" ", 1)[-1])
+
+    async def fetch_one(self, sql: str, parameters: Row) -> Row | None:
+        async with self._driver() as driver:
+            row = await driver.fetchrow(sql, *parameters)
+        return None if row is None else tuple(row)
 
     @contextlib.asynccontextmanager
     async def _driver(self) -> AsyncIterator[Any]:

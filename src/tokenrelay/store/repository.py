@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterator, Collection
+from collections.abc import AsyncGenerator, AsyncIterator, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar, cast
@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tokenrelay import errors
 from tokenrelay.store import schema
 from tokenrelay.store.bulk import BulkInsert, Prepared, Row
-from tokenrelay.store.direct import DirectWriter, direct_writer
+from tokenrelay.store.direct import DirectConnection, direct_connection
 from tokenrelay.store.engine import WRITE, create_engine
 from tokenrelay.store.models import ConversationRow, MessageRow, MessageStatus, utcnow
 
@@ -119,7 +119,7 @@ class Store:
         # SQLite's busy handler they would poll for the lock with sleeps of up to 100 ms.
         self._writer = asyncio.Lock() if engine.dialect.name == "sqlite" else None
         # Batches of inserts go around SQLAlchemy's per-write path (store.direct says why).
-        self._direct: DirectWriter | None = direct_writer(engine) if direct else None
+        self._direct: DirectConnection | None = direct_connection(engine) if direct else None
         self._sweep = Prepared(_INTERRUPT_LAPSED, engine.dialect)
 
     @classmethod
@@ -152,6 +152,19 @@ class Store:
         # The store's writers take turns: the direct writer too (on SQLite).
         async with self._writer or contextlib.nullcontext():
             await self._direct.insert_many(bulk.sql, rows)
+
+    async def read_one(self, query: Prepared, values: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The first row of ``query``, by column name, or None; for reads in the background.
+
+        On the direct connection where there is one: a step on the loop instead of a dozen,
+        queued behind the ledger's writes (on SQLite, on a thread of the lowest priority).
+        """
+        if self._direct is None:
+            async with self.engine.connect() as connection:
+                row = (await connection.execute(query.statement, dict(values))).first()
+            return None if row is None else dict(row._mapping)
+        raw = await self._direct.fetch_one(query.sql, query.parameters(values))
+        return None if raw is None else query.record(raw)
 
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
