@@ -1,4 +1,4 @@
-"""Statements compiled once, their parameters converted ahead, for the store's direct writers.
+"""Statements compiled once, their parameters converted ahead, for the store's direct connection.
 
 ``connection.execute(insert(table), rows)`` does per row, on the event loop, what SQLAlchemy
 does for any statement: a dict per row, the compiled statement's parameter setup, a bind

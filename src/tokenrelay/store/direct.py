@@ -63,8 +63,9 @@ class DirectConnection(Protocol):
 
 
 def direct_connection(engine: AsyncEngine) -> DirectConnection | None:
-    """The writer for ``engine``'s database, or None where only SQLAlchemy's path can reach it
-    (an in-memory or URI-named SQLite database is private to the connection that opened it)."""
+    """The direct connection to ``engine``'s database, or None where only SQLAlchemy's path can
+    reach it (an in-memory or URI-named SQLite database is private to the connection that opened
+    it)."""
     if engine.dialect.name == "postgresql":
         return HeldConnection(engine)
     path = sqlite_file(engine.url.database) if engine.dialect.name == "sqlite" else None

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 # Execution option a write transaction sets so SQLite takes the write lock when it begins.
 WRITE = "tokenrelay_write"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-# Set on every SQLite connection the store opens (the direct writer's too, store.direct).
+# Set on every SQLite connection the store opens (the direct connection's too, store.direct).
 SQLITE_PRAGMAS = (
     f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}",
     "PRAGMA journal_mode = WAL",

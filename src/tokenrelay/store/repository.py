@@ -149,7 +149,7 @@ class Store:
             async with self._write() as connection:
                 await bulk.run(connection, rows)
             return
-        # The store's writers take turns: the direct writer too (on SQLite).
+        # The store's writers take turns: the direct connection too (on SQLite).
         async with self._writer or contextlib.nullcontext():
             await self._direct.insert_many(bulk.sql, rows)
 
@@ -467,7 +467,7 @@ class Store:
 
         Their instance stopped (a crash, a kill -9) without ending them; replies that live
         instances are streaming keep renewing their leases and are left alone. Every instance
-        runs this every third of a lease, busy or idle: on the direct writer it is one step.
+        runs this every third of a lease, busy or idle: on the direct connection it is one step.
         """
         values = {"now": utcnow()}
         if self._direct is None:
