@@ -15,6 +15,7 @@ Nested environment variables use a double underscore: ``TOKENRELAY_TIMEOUTS__IDL
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import ipaddress
 import os
@@ -26,7 +27,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -195,8 +195,12 @@ class RateLimitSettings(Quota):
     completion_estimate: int = Field(default=256, gt=0)
     key_prefix: str = "tokenrelay:limits"
 
-    # Settings are frozen, so each user's quota is worked out once; admission asks per request.
-    _quotas: dict[str | None, Quota] = PrivateAttr(default_factory=dict)
+    @functools.cached_property
+    def _quotas(self) -> dict[str | None, Quota]:
+        """Each user's quota, worked out once (settings do not change); admission asks per
+        request. A cached property, not a private attribute: pydantic looks those up through
+        ``__getattr__``, 1.5 µs a time, where this is a plain instance attribute once made."""
+        return {}
 
     @field_validator(*Quota.model_fields, mode="after")
     @classmethod
