@@ -205,12 +205,8 @@ class Accounts:
         for, goes on the store's own connection (:meth:`Store.read_one`); a request's lookup
         takes a pooled connection of its own, so a burst of new keys is read in parallel."""
         values = {"key_hash": key_hash}
-        if background:
-            fields = await self.store.read_one(self._key_by_hash, values)
-            return None if fields is None else _key(fields)
-        async with self.store.engine.connect() as connection:
-            row = (await connection.execute(self._key_by_hash.statement, values)).first()
-        return None if row is None else _key(row._mapping)
+        fields = await self.store.read_one(self._key_by_hash, values, background=background)
+        return None if fields is None else _key(fields)
 
     async def list_keys(
         self, *, owner: str | None = None, include_revoked: bool = False

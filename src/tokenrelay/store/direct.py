@@ -41,7 +41,7 @@ import sqlite3
 import sys
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -75,6 +75,7 @@ def direct_connection(engine: AsyncEngine) -> DirectConnection | None:
 LOWEST_PRIORITY = 19
 # sqlite3.Connection.execute or .executemany.
 Statement = Callable[[sqlite3.Connection, str, Any], sqlite3.Cursor]
+T = TypeVar("T")
 
 
 def _yield_to_requests() -> None:
@@ -82,6 +83,21 @@ def _yield_to_requests() -> None:
     if sys.platform == "linux":
         # ``who`` 0 is the calling thread on Linux, not the whole process.
         os.setpriority(os.PRIO_PROCESS, 0, LOWEST_PRIORITY)
+
+
+def _in_transaction(
+    connection: sqlite3.Connection, run: Statement, sql: str, parameters: Any
+) -> int:
+    # The write lock when the transaction begins, as the store's own writers take it.
+    connection.execute("BEGIN IMMEDIATE")
+    changed = run(connection, sql, parameters).rowcount
+    connection.execute("COMMIT")
+    return changed
+
+
+def _first_row(connection: sqlite3.Connection, sql: str, parameters: Row) -> Row | None:
+    row: Row | None = connection.execute(sql, parameters).fetchone()
+    return row
 
 
 class SQLiteThread:
@@ -95,46 +111,34 @@ class SQLiteThread:
         self._connection: sqlite3.Connection | None = None
 
     async def insert_many(self, sql: str, rows: list[Row]) -> None:
-        await self._in_transaction(sqlite3.Connection.executemany, sql, rows)
+        await self._on_thread(_in_transaction, sqlite3.Connection.executemany, sql, rows)
 
     async def execute(self, sql: str, parameters: Row) -> int:
-        return await self._in_transaction(sqlite3.Connection.execute, sql, parameters)
+        return await self._on_thread(_in_transaction, sqlite3.Connection.execute, sql, parameters)
 
     async def fetch_one(self, sql: str, parameters: Row) -> Row | None:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self._fetch_one, sql, parameters)
+        return await self._on_thread(_first_row, sql, parameters)
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._thread, self._let_go)
         self._thread.shutdown(wait=False)
 
-    def _fetch_one(self, sql: str, parameters: Row) -> Row | None:
-        connection = self._connection or self._connect()
-        try:
-            row: Row | None = connection.execute(sql, parameters).fetchone()
-        except BaseException:
-            self._let_go()
-            raise
-        return row
-
-    async def _in_transaction(self, run: Statement, sql: str, parameters: Any) -> int:
+    async def _on_thread(self, work: Callable[..., T], *args: Any) -> T:
+        """``work(connection, *args)`` on the thread; a connection it fails on is let go."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self._transaction, run, sql, parameters)
+        return await loop.run_in_executor(self._thread, self._with_connection, work, *args)
 
-    def _transaction(self, run: Statement, sql: str, parameters: Any) -> int:
+    def _with_connection(self, work: Callable[..., T], *args: Any) -> T:
         connection = self._connection or self._connect()
         try:
-            # The write lock when the transaction begins, as the store's own writers take it.
-            connection.execute("BEGIN IMMEDIATE")
-            changed = run(connection, sql, parameters).rowcount
-            connection.execute("COMMIT")
+            return work(connection, *args)
         except BaseException:
             self._let_go()
             raise
-        return changed
 
     def _connect(self) -> sqlite3.Connection:
-        # isolation_level None: the transaction is the one begun above, not the module's own.
+        # isolation_level None: the transaction is the one _in_transaction begins, not the
+        # module's own.
         connection = sqlite3.connect(self.path, isolation_level=None)
         for pragma in SQLITE_PRAGMAS:
             connection.execute(pragma)

@@ -153,13 +153,17 @@ class Store:
         async with self._writer or contextlib.nullcontext():
             await self._direct.insert_many(bulk.sql, rows)
 
-    async def read_one(self, query: Prepared, values: Mapping[str, Any]) -> dict[str, Any] | None:
-        """The first row of ``query``, by column name, or None; for reads in the background.
+    async def read_one(
+        self, query: Prepared, values: Mapping[str, Any], *, background: bool = False
+    ) -> dict[str, Any] | None:
+        """The first row of ``query``, by column name, or None.
 
-        On the direct connection where there is one: a step on the loop instead of a dozen,
-        queued behind the ledger's writes (on SQLite, on a thread of the lowest priority).
+        ``background``, for a read no request waits for: on the direct connection where there
+        is one, a step on the loop instead of a dozen, queued behind the ledger's writes (on
+        SQLite, on a thread of the lowest priority). Otherwise a pooled connection of its own,
+        so that reads a request waits for go in parallel.
         """
-        if self._direct is None:
+        if self._direct is None or not background:
             async with self.engine.connect() as connection:
                 row = (await connection.execute(query.statement, dict(values))).first()
             return None if row is None else dict(row._mapping)
