@@ -9,6 +9,7 @@ inert; one test runs under the policy to show the page works with it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator
@@ -386,6 +387,48 @@ async def test_a_failure_reads_as_a_human_error_and_retry_sends_again(browser: A
         await wait_until_done(page)
         assert await reply_text(page) == "You said: are you there"
         assert await page.locator(".message.user").count() == 1
+
+
+async def test_a_message_sent_while_the_page_connects_waits_for_it(browser: Any) -> None:
+    """A slow server: the page shows its model list before it knows whether the server keeps
+    conversations. A message typed then is sent once it knows, and the end of connecting does
+    not wipe the reply's status line (an error shown there was cleared once, on a busy CI)."""
+    connected = asyncio.Event()
+
+    async def held(route: Any) -> None:
+        await connected.wait()
+        await route.fallback()
+
+    async with serve() as gateway:
+        ctx = await browser.new_context(bypass_csp=True)
+        try:
+            await ctx.route("**/v1/conversations?limit=1", held)
+            page = await ctx.new_page()
+            await page.goto(gateway.url + "/")
+            await page.wait_for_selector("#model option", state="attached", timeout=WAIT_MS)
+            await page.route(
+                "**/messages",
+                lambda route: (
+                    route.fulfill(status=502, json={"error": {"code": "upstream_unavailable"}})
+                    if route.request.method == "POST"
+                    else route.fallback()
+                ),
+            )
+            await ask(page, "are you there")
+            assert await page.locator(".message.user").count() == 0
+            assert await page.input_value("#input") == "are you there"
+            connected.set()
+            await page.wait_for_selector("#status.error button", timeout=WAIT_MS)
+            await page.unroute("**/messages")
+            # Connecting ended before the message left, so nothing clears the error after it.
+            status = await page.text_content("#status")
+            assert status is not None and "The model's server could not be reached." in status
+            assert await page.input_value("#input") == ""
+            await page.click("#status button")
+            await wait_until_done(page)
+            assert await reply_text(page) == "You said: are you there"
+        finally:
+            await ctx.close()
 
 
 async def test_a_queued_reply_shows_its_place_in_the_queue(browser: Any) -> None:

@@ -60,6 +60,7 @@ const ui = {
 
 const state = {
   mode: null, // "conversations" | "memory"
+  starting: Promise.resolve(), // the page's connecting (start), which a message waits for
   conversationId: null,
   conversations: [],
   messages: [], // {role, content, status, streamId, el}
@@ -151,7 +152,7 @@ async function start() {
       askForKey();
       return;
     }
-    showError(exc, start);
+    showError(exc, connect);
     return;
   }
   setStatus("");
@@ -693,7 +694,12 @@ function reportUnexpected(exc) {
     askForKey();
     return;
   }
-  showError(exc, start);
+  showError(exc, connect);
+}
+
+/** (Re)connect: what a message sent meanwhile waits for (the composer's submit). */
+function connect() {
+  state.starting = start().catch(reportUnexpected);
 }
 
 function selectModel(name) {
@@ -708,8 +714,12 @@ function closeSidebar() {
 }
 
 function bind() {
-  ui.composer.addEventListener("submit", (event) => {
+  ui.composer.addEventListener("submit", async (event) => {
     event.preventDefault();
+    // Until the page has connected it knows neither where a message goes (a conversation or
+    // the page's memory) nor whether its own "Connecting…" status is done: a message sent
+    // before then stays in the box and leaves once it has.
+    await state.starting;
     const content = ui.input.value;
     if (state.live || !content.trim()) return;
     ui.input.value = "";
@@ -746,7 +756,7 @@ function bind() {
   });
   ui.keyForm.addEventListener("submit", () => {
     save(localStorage, STORE.key, ui.keyInput.value.trim());
-    start().catch(reportUnexpected);
+    connect();
   });
 }
 
@@ -757,4 +767,4 @@ function grow() {
 
 takeKeyFromAddress();
 bind();
-start().catch(reportUnexpected);
+connect();
