@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,12 +74,19 @@ def words(count: int) -> list[str]:
 
 @contextlib.asynccontextmanager
 async def chat_page(
-    browser: Any, gateway: Gateway, path: str = "/", **context: Any
+    browser: Any,
+    gateway: Gateway,
+    path: str = "/",
+    before_load: Callable[[Any], Awaitable[None]] | None = None,
+    **context: Any,
 ) -> AsyncIterator[Any]:
-    """The page, loaded; closed before the gateway stops so no connection outlives it."""
+    """The page, loaded; closed before the gateway stops so no connection outlives it.
+    ``before_load`` gets the browser context first (to route what the page asks as it loads)."""
     options = {"viewport": {"width": 1000, "height": 640}, "bypass_csp": True, **context}
     ctx = await browser.new_context(**options)
     try:
+        if before_load is not None:
+            await before_load(ctx)
         await ctx.add_init_script(RECORDER)
         page = await ctx.new_page()
         errors: list[str] = []
@@ -96,6 +103,21 @@ async def ask(page: Any, text: str) -> None:
     await page.focus("#input")
     await page.keyboard.type(text)
     await page.keyboard.press("Enter")
+
+
+async def refuse_new_messages(page: Any) -> None:
+    """A conversation turn's POST answers 502 ``upstream_unavailable`` until unrouted."""
+    refused = {
+        "error": {"message": "connect failed", "type": "api", "code": "upstream_unavailable"}
+    }
+    await page.route(
+        "**/messages",
+        lambda route: (
+            route.fulfill(status=502, json=refused)
+            if route.request.method == "POST"
+            else route.fallback()
+        ),
+    )
 
 
 async def reply_text(page: Any) -> str:
@@ -366,17 +388,7 @@ async def test_regenerate_asks_again_in_place_and_copy_takes_the_markdown(browse
 
 async def test_a_failure_reads_as_a_human_error_and_retry_sends_again(browser: Any) -> None:
     async with serve() as gateway, chat_page(browser, gateway) as page:
-        refused = {
-            "error": {"message": "connect failed", "type": "api", "code": "upstream_unavailable"}
-        }
-        await page.route(
-            "**/messages",
-            lambda route: (
-                route.fulfill(status=502, json=refused)
-                if route.request.method == "POST"
-                else route.fallback()
-            ),
-        )
+        await refuse_new_messages(page)
         await ask(page, "are you there")
         await page.wait_for_selector("#status.error button", timeout=WAIT_MS)
         status = await page.text_content("#status")
@@ -399,36 +411,24 @@ async def test_a_message_sent_while_the_page_connects_waits_for_it(browser: Any)
         await connected.wait()
         await route.fallback()
 
-    async with serve() as gateway:
-        ctx = await browser.new_context(bypass_csp=True)
-        try:
-            await ctx.route("**/v1/conversations?limit=1", held)
-            page = await ctx.new_page()
-            await page.goto(gateway.url + "/")
-            await page.wait_for_selector("#model option", state="attached", timeout=WAIT_MS)
-            await page.route(
-                "**/messages",
-                lambda route: (
-                    route.fulfill(status=502, json={"error": {"code": "upstream_unavailable"}})
-                    if route.request.method == "POST"
-                    else route.fallback()
-                ),
-            )
-            await ask(page, "are you there")
-            assert await page.locator(".message.user").count() == 0
-            assert await page.input_value("#input") == "are you there"
-            connected.set()
-            await page.wait_for_selector("#status.error button", timeout=WAIT_MS)
-            await page.unroute("**/messages")
-            # Connecting ended before the message left, so nothing clears the error after it.
-            status = await page.text_content("#status")
-            assert status is not None and "The model's server could not be reached." in status
-            assert await page.input_value("#input") == ""
-            await page.click("#status button")
-            await wait_until_done(page)
-            assert await reply_text(page) == "You said: are you there"
-        finally:
-            await ctx.close()
+    async def hold_the_probe(ctx: Any) -> None:
+        await ctx.route("**/v1/conversations?limit=1", held)
+
+    async with serve() as gateway, chat_page(browser, gateway, before_load=hold_the_probe) as page:
+        await refuse_new_messages(page)
+        await ask(page, "are you there")
+        assert await page.locator(".message.user").count() == 0
+        assert await page.input_value("#input") == "are you there"
+        connected.set()
+        await page.wait_for_selector("#status.error button", timeout=WAIT_MS)
+        await page.unroute("**/messages")
+        # Connecting ended before the message left, so nothing clears the error after it.
+        status = await page.text_content("#status")
+        assert status is not None and "The model's server could not be reached." in status
+        assert await page.input_value("#input") == ""
+        await page.click("#status button")
+        await wait_until_done(page)
+        assert await reply_text(page) == "You said: are you there"
 
 
 async def test_a_queued_reply_shows_its_place_in_the_queue(browser: Any) -> None:
